@@ -1,0 +1,53 @@
+"""The drafter protocol: propose a tree from the decode state, learn from what was accepted."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from specdec.tree import Tree, shape_from_parents
+
+
+@dataclass
+class DecodeState:
+    """What a drafter sees: all tokens so far (the last one is pending, not yet in the cache) and the
+    final hidden states (plus requested layers) of the nodes the last step committed."""
+
+    tokens: list[int]
+    prompt_len: int
+    hidden: Tensor
+    layers: dict[int, Tensor] = field(default_factory=dict)
+    accepted: Tensor | None = None
+
+
+class Drafter:
+    """Base drafter: override propose (and begin/update when it keeps state)."""
+
+    name = "drafter"
+    hidden_layers: tuple[int, ...] = ()
+
+    def begin(self, state: DecodeState) -> None:
+        """Called once after prefill."""
+
+    def propose(self, state: DecodeState) -> Tree:
+        """Return a tree whose root is state.tokens[-1]."""
+        raise NotImplementedError
+
+    def update(self, state: DecodeState) -> None:
+        """Called after each committed step."""
+
+
+def root_only(state: DecodeState) -> Tree:
+    """The one-node tree of plain decoding."""
+    device = state.hidden.device
+    return Tree(torch.tensor([state.tokens[-1]], device=device), shape_from_parents((-1,), device))
+
+
+class NoDrafter(Drafter):
+    """Plain decoding through the same loop: every tree is the root alone."""
+
+    name = "vanilla"
+
+    def propose(self, state: DecodeState) -> Tree:
+        return root_only(state)

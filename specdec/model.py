@@ -1,0 +1,247 @@
+"""One lean Llama-family runner: static KV cache, tree attention, in-place KV commit."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from specdec.kernels import commit_kv
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+@dataclass
+class ModelArgs:
+    """Shape of a Llama-family decoder, read from a Hugging Face config."""
+
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    norm_eps: float
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    max_position_embeddings: int = 4096
+    sliding_window: int | None = None
+    hf_config: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> "ModelArgs":
+        """Build from a config.json dict (llama, mistral or qwen2)."""
+        model_type = cfg.get("model_type", "llama")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        n_heads = cfg["num_attention_heads"]
+        window = cfg.get("sliding_window") if cfg.get("use_sliding_window", model_type == "mistral") else None
+        return cls(
+            vocab_size=cfg["vocab_size"],
+            dim=cfg["hidden_size"],
+            n_layers=cfg["num_hidden_layers"],
+            n_heads=n_heads,
+            n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
+            intermediate_size=cfg["intermediate_size"],
+            norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            qkv_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+            sliding_window=window,
+            hf_config=cfg,
+        )
+
+
+def rope_inv_freq(args: ModelArgs) -> tuple[Tensor, float]:
+    """Inverse frequencies and attention scaling for any rope type transformers knows (llama3, linear, yarn...)."""
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    cfg = dict(args.hf_config)
+    hf = AutoConfig.for_model(cfg.pop("model_type", "llama"), **cfg)
+    params = hf.rope_parameters
+    rope_type = params.get("rope_type", "default")
+    if rope_type == "default":
+        base = params["rope_theta"]
+        dims = torch.arange(0, args.head_dim, 2, dtype=torch.int64).float()
+        return 1.0 / (base ** (dims / args.head_dim)), 1.0
+    if rope_type == "dynamic":
+        raise ValueError("dynamic NTK rope scaling is not supported: its frequencies change with sequence length")
+    return ROPE_INIT_FUNCTIONS[rope_type](hf, "cpu")
+
+
+class RMSNorm(nn.Module):
+    """Llama RMSNorm, computed in fp32 like the reference."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    """Grouped-query attention over the static cache; q, k and v share one fused projection."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        qkv_out = (args.n_heads + 2 * args.n_kv_heads) * args.head_dim
+        self.wqkv = nn.Linear(args.dim, qkv_out, bias=args.qkv_bias)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor, start: int, mask: Tensor | None) -> Tensor:
+        k_new = x.shape[0]
+        q, k, v = self.wqkv(x).split(
+            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
+        )
+        q = apply_rope(q.view(k_new, self.n_heads, self.head_dim).transpose(0, 1), cos, sin)
+        k = apply_rope(k.view(k_new, self.n_kv_heads, self.head_dim).transpose(0, 1), cos, sin)
+        v = v.view(k_new, self.n_kv_heads, self.head_dim).transpose(0, 1)
+        end = start + k_new
+        kv[0, :, start:end] = k
+        kv[1, :, start:end] = v
+        keys, values = kv[0, :, :end].unsqueeze(0), kv[1, :, :end].unsqueeze(0)
+        out = F.scaled_dot_product_attention(
+            q.unsqueeze(0), keys, values, attn_mask=mask, is_causal=mask is None and start == 0 and k_new > 1,
+            enable_gqa=self.n_heads != self.n_kv_heads,
+        )
+        return self.wo(out[0].transpose(0, 1).reshape(k_new, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU MLP with the gate and up projections fused."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.w13 = nn.Linear(args.dim, 2 * args.intermediate_size, bias=False)
+        self.w2 = nn.Linear(args.intermediate_size, args.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """One pre-norm decoder layer."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention = Attention(args)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.feed_forward = FeedForward(args)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor, start: int, mask: Tensor | None) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, kv, start, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+@dataclass
+class ForwardOut:
+    """Logits for the requested nodes, the final-norm hidden states, and any requested layer outputs."""
+
+    logits: Tensor
+    hidden: Tensor
+    layers: dict[int, Tensor]
+
+
+class Transformer(nn.Module):
+    """A Llama/Mistral/Qwen2 decoder for batch-1 speculative decoding.
+
+    `forward` writes the new nodes' K/V after the committed prefix; `commit` keeps the accepted ones.
+    """
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.kv: Tensor | None = None
+        self.length = 0
+        self.max_seq_len = 0
+
+    def setup_cache(self, max_seq_len: int) -> None:
+        """Allocate the static KV cache [layers, 2, kv_heads, max_seq_len, head_dim] and rope tables."""
+        a = self.args
+        if a.sliding_window is not None and max_seq_len > a.sliding_window:
+            raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's sliding window {a.sliding_window}")
+        w = self.output.weight
+        self.kv = torch.zeros(a.n_layers, 2, a.n_kv_heads, max_seq_len, a.head_dim, dtype=w.dtype, device=w.device)
+        inv_freq, scale = rope_inv_freq(a)
+        freqs = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq.float())
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.rope_cos = (emb.cos() * scale).to(w.dtype).to(w.device)
+        self.rope_sin = (emb.sin() * scale).to(w.dtype).to(w.device)
+        self.max_seq_len = max_seq_len
+        self.length = 0
+
+    def reset(self) -> None:
+        """Forget the committed prefix (the cache memory is reused)."""
+        self.length = 0
+
+    @torch.no_grad()
+    def forward(
+        self,
+        tokens: Tensor,
+        positions: Tensor | None = None,
+        tree_mask: Tensor | None = None,
+        logits_for: Tensor | slice | None = None,
+        hidden_layers: tuple[int, ...] = (),
+    ) -> ForwardOut:
+        """Run k new nodes after the committed prefix.
+
+        tree_mask[i, j] says node i sees node j (None: causal chain); positions default to the chain's.
+        """
+        if self.kv is None:
+            raise RuntimeError("call setup_cache(max_seq_len) before forward")
+        k = tokens.shape[0]
+        start = self.length
+        if start + k > self.max_seq_len:
+            raise ValueError(f"{start + k} tokens exceed the cache of {self.max_seq_len}")
+        if positions is None:
+            positions = torch.arange(start, start + k, device=tokens.device)
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        mask = None
+        if tree_mask is not None or (start > 0 and k > 1):
+            if tree_mask is None:
+                tree_mask = torch.ones(k, k, dtype=torch.bool, device=tokens.device).tril()
+            mask = torch.cat((torch.ones(k, start, dtype=torch.bool, device=tokens.device), tree_mask), dim=1)
+        x = self.tok_embeddings(tokens)
+        layers: dict[int, Tensor] = {}
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, self.kv[i], start, mask)
+            if i in hidden_layers:
+                layers[i] = x
+        hidden = self.norm(x)
+        logits = self.output(hidden if logits_for is None else hidden[logits_for])
+        return ForwardOut(logits=logits, hidden=hidden, layers=layers)
+
+    def commit(self, accepted: Tensor | None, n_written: int) -> None:
+        """Keep the K/V of `accepted` nodes (indices into the last forward, ascending), or all `n_written`."""
+        if accepted is None:
+            self.length += n_written
+            return
+        commit_kv(self.kv, self.length, accepted)
+        self.length += accepted.shape[0]
+
+    def rollback(self, length: int) -> None:
+        """Truncate the committed prefix to `length` tokens."""
+        self.length = length
