@@ -1,0 +1,19 @@
+"""Drafters by name; each one plugs into the same decode loop."""
+from __future__ import annotations
+
+from specdec.drafters.base import DecodeState, Drafter, NoDrafter
+from specdec.drafters.ngram import NgramConfig, NgramDrafter
+
+DRAFTERS = {"vanilla": NoDrafter, "ngram": NgramDrafter}
+PLANNED = ("lookahead", "medusa", "medusa-trigram", "eagle", "eagle2")
+
+
+def make_drafter(name: str, **options) -> Drafter:
+    """A drafter by registry name; unknown or not-yet-available names raise with the list of available ones."""
+    if name not in DRAFTERS:
+        state = "is not available yet" if name in PLANNED else "is unknown"
+        raise ValueError(f"drafter {name!r} {state}; available: {', '.join(DRAFTERS)}")
+    return DRAFTERS[name](**options)
+
+
+__all__ = ["DRAFTERS", "DecodeState", "Drafter", "NgramConfig", "NgramDrafter", "NoDrafter", "make_drafter"]
