@@ -1,6 +1,8 @@
 """Greedy tree acceptance: the longest root-to-leaf prefix the backbone agrees with, plus its bonus token."""
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 from torch import Tensor
 
@@ -16,3 +18,44 @@ def greedy_accept_torch(tokens: Tensor, target: Tensor, paths: Tensor) -> tuple[
     n = lengths[best]
     bonus = target[nodes[best, n]]
     return best, n, bonus
+
+
+@cache
+def _accept_kernel():
+    # built on first use so that importing specdec.kernels never needs triton
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(tokens_ptr, target_ptr, paths_ptr, out_ptr, P, L, BLOCK_P: tl.constexpr, BLOCK_L: tl.constexpr):
+        rows = tl.arange(0, BLOCK_P)[:, None]
+        cols = tl.arange(0, BLOCK_L)[None, :]
+        node = tl.load(paths_ptr + rows * L + cols, mask=(rows < P) & (cols < L), other=-1)
+        valid = (cols >= 1) & (node >= 0)
+        parent = tl.load(paths_ptr + rows * L + cols - 1, mask=valid, other=0)
+        tok = tl.load(tokens_ptr + node, mask=valid, other=0)
+        tgt = tl.load(target_ptr + parent, mask=valid, other=0)
+        miss = (cols >= 1) & ~(valid & (tok == tgt))
+        # a fully matched path misses first at column L, or nowhere when L == BLOCK_L: L - 1 drafts either way
+        lengths = tl.min(tl.where(miss, cols, BLOCK_L), axis=1) - 1
+        # first maximum, like torch.argmax; padded rows score 0, so a tie always goes to a real path before them
+        best = tl.argmax(lengths, axis=0, tie_break_left=True)
+        n = tl.max(lengths, axis=0)
+        bonus = tl.load(target_ptr + tl.load(paths_ptr + best * L + n))
+        tl.store(out_ptr, best)
+        tl.store(out_ptr + 1, n)
+        tl.store(out_ptr + 2, bonus)
+
+    return kernel
+
+
+def greedy_accept_triton(tokens: Tensor, target: Tensor, paths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Triton acceptance, one program over all paths (contiguous inputs); same contract as greedy_accept_torch.
+    Launches without a host sync."""
+    import triton
+
+    P, L = paths.shape
+    out = torch.empty(3, dtype=torch.int64, device=paths.device)
+    blocks = dict(BLOCK_P=triton.next_power_of_2(P), BLOCK_L=triton.next_power_of_2(L))
+    _accept_kernel()[(1,)](tokens, target, paths, out, P, L, **blocks)
+    return out[0], out[1], out[2].to(target.dtype)

@@ -1,0 +1,87 @@
+"""Notebook entry points: a backbone plus a drafter, chat in, text out (streamed), statistics attached."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from specdec.backbone import Backbone, load_backbone
+from specdec.decode import DecodeStats, decode
+from specdec.drafters import Drafter, NgramConfig, NgramDrafter, NoDrafter
+
+
+@dataclass
+class Generation:
+    """One reply: its text, token ids and decode statistics (tau, steps, timings)."""
+
+    text: str
+    tokens: list[int]
+    stats: DecodeStats
+
+
+class TextStream:
+    """Turns token chunks into text chunks, holding back an incomplete multi-byte character."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None]):
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.tokens: list[int] = []
+        self.sent = 0
+
+    def __call__(self, new: list[int]) -> None:
+        self.tokens.extend(new)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if not text.endswith("\ufffd") and len(text) > self.sent:
+            self.on_text(text[self.sent :])
+            self.sent = len(text)
+
+
+class SpecModel:
+    """A backbone with a drafter; `generate` is lossless: greedy output equals plain greedy decoding."""
+
+    def __init__(self, backbone: Backbone, drafter: Drafter | None = None):
+        self.backbone = backbone
+        self.drafter = drafter or NoDrafter()
+
+    @classmethod
+    def load(
+        cls,
+        backbone: str | Path | None = None,
+        dtype: str | torch.dtype = "auto",
+        device: str = "cpu",
+        max_seq_len: int = 2048,
+        **drafter_options,
+    ) -> "SpecModel":
+        """Load a backbone (None: the embedded SmolLM2) and build this class's drafter from the options."""
+        return cls(load_backbone(backbone, dtype, device, max_seq_len), cls.make_drafter(**drafter_options))
+
+    @classmethod
+    def make_drafter(cls, **options) -> Drafter:
+        if options:
+            raise TypeError(f"plain decoding takes no drafter options, got {sorted(options)}")
+        return NoDrafter()
+
+    def generate(
+        self,
+        prompt: str | list[dict[str, str]] | list[int],
+        max_new_tokens: int = 256,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Generation:
+        """Reply to a user message, a chat (list of role/content dicts) or raw token ids; on_text streams text."""
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            ids = prompt
+        else:
+            ids = self.backbone.encode_chat(prompt)
+        tok = self.backbone.tokenizer
+        stream = TextStream(tok, on_text) if on_text else None
+        res = decode(self.backbone.model, ids, self.drafter, max_new_tokens, self.backbone.stop_ids, stream)
+        return Generation(tok.decode(res.tokens, skip_special_tokens=True), res.tokens, res.stats)
+
+
+class NgramModel(SpecModel):
+    """Prompt-lookup speculative decoding: no training, best on copy-heavy prompts."""
+
+    @classmethod
+    def make_drafter(cls, **options) -> Drafter:
+        return NgramDrafter(NgramConfig(**options))
