@@ -131,8 +131,11 @@ def to_runner_state(hf: dict[str, Tensor], args: ModelArgs) -> dict[str, Tensor]
         if args.qkv_bias:
             out[q + "attention.wqkv.bias"] = torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
         out[q + "attention.wo.weight"] = take(p + "self_attn.o_proj.weight")
-        out[q + "feed_forward.w13.weight"] = torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])
-        out[q + "feed_forward.w2.weight"] = take(p + "mlp.down_proj.weight")
+        if args.o_bias:
+            out[q + "attention.wo.bias"] = take(p + "self_attn.o_proj.bias")
+        for kind in ("weight", "bias") if args.mlp_bias else ("weight",):
+            out[q + f"feed_forward.w13.{kind}"] = torch.cat([take(p + f"mlp.gate_proj.{kind}"), take(p + f"mlp.up_proj.{kind}")])
+            out[q + f"feed_forward.w2.{kind}"] = take(p + f"mlp.down_proj.{kind}")
     return out
 
 

@@ -113,6 +113,8 @@ def decode(
     t0 = time.perf_counter()
     while not done:
         tree = drafter.propose(state)
+        if int(tree.tokens[0]) != state.tokens[-1]:
+            raise RuntimeError(f"drafter {drafter.name!r} proposed a tree whose root is not the pending token")
         if model.length + tree.shape.size > model.max_seq_len:
             tree = root_only(state)
         shape = tree.shape

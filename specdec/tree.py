@@ -67,9 +67,13 @@ def _shape_on(parents: tuple[int, ...], device: str) -> TreeShape:
     return _shape_cpu(parents).to(device)
 
 
-def shape_from_parents(parents: list[int] | tuple[int, ...], device: torch.device | str = "cpu") -> TreeShape:
+def shape_from_parents(parents: list[int] | tuple[int, ...] | Tensor, device: torch.device | str = "cpu") -> TreeShape:
     """The (cached) shape of a tree given each node's parent index (-1 for the root)."""
-    parents = tuple(int(p) for p in parents)
+    if isinstance(parents, Tensor):
+        parents = parents.tolist()
+    if not all(isinstance(p, int) and not isinstance(p, bool) for p in parents):
+        raise ValueError(f"tree parents must be ints, got {list(parents)}")
+    parents = tuple(parents)
     device = str(device)
     return _shape_cpu(parents) if device == "cpu" else _shape_on(parents, device)
 
@@ -87,7 +91,7 @@ def parse_choices(spec: str | list) -> list[tuple[int, ...]]:
         except (ValueError, SyntaxError) as e:
             raise ValueError(f"unknown tree spec {spec!r}: expected a choice list like [[0], [1], [0, 0]]") from e
     if not isinstance(spec, (list, tuple)) or not all(
-        isinstance(c, (list, tuple)) and len(c) > 0 and all(isinstance(x, int) and x >= 0 for x in c) for c in spec
+        isinstance(c, (list, tuple)) and len(c) > 0 and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in c) for c in spec
     ):
         raise ValueError(f"unknown tree spec {spec!r}: expected a list of non-empty lists of non-negative ints")
     choices = sorted({tuple(c) for c in spec}, key=lambda c: (len(c), c))
@@ -103,6 +107,8 @@ def parents_from_choices(choices: list[tuple[int, ...]]) -> tuple[int, ...]:
     index = {(): 0}
     parents = [-1]
     for i, c in enumerate(choices, start=1):
+        if c[:-1] not in index:
+            raise ValueError(f"tree spec: choice {list(c)} comes before its parent {list(c[:-1])}")
         index[c] = i
         parents.append(index[c[:-1]])
     return tuple(parents)
