@@ -1,0 +1,238 @@
+"""MT-Bench speedup: each method's tok/s, speedup over transformers `generate`, tau and lossless identity.
+
+All methods run in one process, interleaved question by question, greedy, batch 1, same dtype.
+    python scripts/mtbench_speedup.py --questions 8 --max-new-tokens 64 --out /tmp/mtb
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+import specdec
+from specdec.backbone import resolve_dtype
+from specdec.data import Question, copy_prompts, load_mtbench, stratified_subset
+from specdec.drafters import DRAFTERS, PLANNED, make_drafter
+from specdec.metrics import (PEAK_MEM_MEANING, TurnRecord, markdown, peak_memory_mb, reset_peak_memory, summarize,
+                             write_results)
+
+BASELINE, REFERENCE = "hf", "vanilla"
+HF_METHODS = {"hf": None, "hf-pld": 10}  # name -> transformers prompt_lookup_num_tokens
+DEFAULT_METHODS = "hf,hf-pld,vanilla,ngram"
+DEFAULT_QUESTIONS = 16
+WARMUP_TOKENS = 8
+
+
+@dataclass
+class Generation:
+    """One method's answer to one prompt: new token ids, verify steps and tokens they emitted (None if unknown)."""
+
+    tokens: list[int]
+    steps: int | None
+    accepted: int | None
+    top2_gaps: list[float] | None = None
+
+
+Generate = Callable[[list[int], int], Generation]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags, with --methods resolved to a list; sampling is rejected until it is implemented."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default=None, help="local Hugging Face directory (default: embedded SmolLM2-135M)")
+    p.add_argument("--heads", default=None, help="trained draft heads, for drafters that take them")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list; hf and vanilla are always added (default {DEFAULT_METHODS})")
+    p.add_argument("--prompts", choices=("mtbench", "copy"), default="mtbench", help="MT-Bench, or built-in copy-heavy prompts")
+    p.add_argument("--questions", type=int, default=None, help=f"stratified subset size (default {DEFAULT_QUESTIONS}, or all if fewer)")
+    p.add_argument("--all", action="store_true", help="every question")
+    p.add_argument("--turns", type=int, choices=(1, 2), default=1, help="2 adds second turns after the method's own first answer")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="only 0 (greedy) is supported")
+    p.add_argument("--tree", default=None, help="tree for drafters that take one")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="results/mtbench", help="output directory")
+    args = p.parse_args(argv)
+    if args.temperature != 0:
+        p.error(f"--temperature {args.temperature}: sampling is not implemented yet; use --temperature 0 (greedy)")
+    if args.max_new_tokens < 1:
+        p.error("--max-new-tokens must be at least 1")
+    if args.questions is not None and args.questions < 1:
+        p.error("--questions must be at least 1")
+    try:
+        args.methods = resolve_methods(args.methods)
+    except ValueError as e:
+        p.error(str(e))
+    return args
+
+
+def available_methods() -> list[str]:
+    """Method names that can run now: the transformers baselines and every registered drafter."""
+    return list(HF_METHODS) + list(DRAFTERS)
+
+
+def resolve_methods(spec: str) -> list[str]:
+    """Parse a comma list; hf and vanilla are prepended when missing, unknown or planned names raise."""
+    names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+    available = available_methods()
+    for n in names:
+        if n not in available:
+            state = "is not available yet" if n in PLANNED else "is unknown"
+            raise ValueError(f"method {n!r} {state}; available: {', '.join(available)}")
+    return [m for m in (BASELINE, REFERENCE) if m not in names] + names
+
+
+def select_questions(args: argparse.Namespace) -> list[Question]:
+    """The prompt set, cut to a stratified subset unless --all."""
+    pool = copy_prompts() if args.prompts == "copy" else load_mtbench()
+    if args.all:
+        return stratified_subset(pool, len(pool))
+    return stratified_subset(pool, min(DEFAULT_QUESTIONS, len(pool)) if args.questions is None else args.questions)
+
+
+def drafter_options(name: str, args: argparse.Namespace) -> dict:
+    """--heads/--tree for the drafters whose constructors take them."""
+    params = inspect.signature(DRAFTERS[name]).parameters
+    given = {"heads": args.heads, "tree": args.tree}
+    return {k: v for k, v in given.items() if v is not None and k in params}
+
+
+def hf_generate(model: torch.nn.Module, stop_ids: list[int], prompt_lookup: int | None) -> Generate:
+    """transformers `generate`, greedy; with prompt_lookup, its prompt-lookup decoding."""
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+
+    def run(ids: list[int], max_new_tokens: int) -> Generation:
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
+                               pad_token_id=stop_ids[0], prompt_lookup_num_tokens=prompt_lookup)
+        x = torch.tensor([ids], device=device)
+        with torch.inference_mode():
+            out = model.generate(x, attention_mask=torch.ones_like(x), generation_config=cfg)
+        tokens = out[0, len(ids):].tolist()
+        # plain generate: one forward per token after prefill; prompt lookup's forwards are not exposed
+        steps = None if prompt_lookup else len(tokens) - 1
+        return Generation(tokens, steps, steps)
+
+    return run
+
+
+def specdec_generate(backbone: specdec.Backbone, name: str, args: argparse.Namespace) -> Generate:
+    """Our decode loop with a registered drafter; vanilla also records the top-2 logit gaps."""
+    drafter = make_drafter(name, **drafter_options(name, args))
+
+    def run(ids: list[int], max_new_tokens: int) -> Generation:
+        r = specdec.decode(backbone.model, ids, drafter, max_new_tokens, backbone.stop_ids,
+                           track_top2_gaps=name == REFERENCE)
+        return Generation(r.tokens, r.stats.steps, sum(r.stats.accepted), r.top2_gaps)
+
+    return run
+
+
+def build_methods(names: list[str], backbone: specdec.Backbone, args: argparse.Namespace) -> dict[str, Generate]:
+    """A generate function per method; the transformers model is loaded once, in the backbone's dtype."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = backbone.model.output.weight.dtype
+    hf_model = AutoModelForCausalLM.from_pretrained(backbone.path, dtype=dtype).to(args.device).eval()
+    return {n: hf_generate(hf_model, backbone.stop_ids, HF_METHODS[n]) if n in HF_METHODS
+            else specdec_generate(backbone, n, args) for n in names}
+
+
+def timed(generate: Generate, ids: list[int], max_new_tokens: int, device: torch.device) -> tuple[Generation, float, float]:
+    """Run one turn: its generation, wall seconds (prefill included) and peak memory in MiB."""
+    reset_peak_memory(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    gen = generate(ids, max_new_tokens)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return gen, time.perf_counter() - t0, peak_memory_mb(device)
+
+
+def run_question(name: str, generate: Generate, q: Question, backbone: specdec.Backbone,
+                 args: argparse.Namespace, device: torch.device) -> list[TurnRecord]:
+    """All turns of one question for one method; later turns follow the method's own earlier answers."""
+    messages: list[dict[str, str]] = []
+    records = []
+    for turn, text in enumerate(q.turns[: args.turns], start=1):
+        messages.append({"role": "user", "content": text})
+        gen, wall, mem = timed(generate, backbone.encode_chat(messages), args.max_new_tokens, device)
+        records.append(TurnRecord(name, q.question_id, q.category, turn, gen.tokens, wall, gen.steps, gen.accepted,
+                                  mem, gen.top2_gaps))
+        messages.append({"role": "assistant", "content": backbone.tokenizer.decode(gen.tokens, skip_special_tokens=True)})
+    return records
+
+
+def run_all(methods: dict[str, Generate], questions: list[Question], backbone: specdec.Backbone,
+            args: argparse.Namespace) -> list[TurnRecord]:
+    """Warm every method up, then run them interleaved question by question."""
+    device = torch.device(args.device)
+    warm_ids = backbone.encode_chat(questions[0].turns[0])
+    for generate in methods.values():
+        generate(warm_ids, WARMUP_TOKENS)
+    records: list[TurnRecord] = []
+    with tqdm(total=len(questions) * len(methods), desc="mtbench", unit="run") as bar:
+        for q in questions:
+            for name, generate in methods.items():
+                bar.set_postfix(q=q.question_id, method=name)
+                records += run_question(name, generate, q, backbone, args, device)
+                bar.update()
+    return records
+
+
+def machine_info(device: torch.device) -> dict:
+    """CPU model, cores, torch threads, library versions, and the GPU when there is one."""
+    import transformers
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(), "platform": platform.platform()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark, write JSON/Markdown/PNG into --out, print the table; returns the JSON object."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
+    torch.manual_seed(args.seed)
+    questions = select_questions(args)
+    dtype = resolve_dtype(args.dtype, args.device)
+    # prompts (even copy-heavy ones with a follow-up) stay well under 2048 tokens
+    backbone = specdec.load_backbone(args.backbone, dtype, args.device, max_seq_len=2048 + args.turns * args.max_new_tokens)
+    methods = build_methods(args.methods, backbone, args)
+    t0 = time.perf_counter()
+    records = run_all(methods, questions, backbone, args)
+    results = summarize(records, BASELINE, REFERENCE)
+    config = {
+        "flags": vars(args), "question_ids": [q.question_id for q in questions],
+        "backbone_path": str(backbone.path), "dtype": str(dtype).removeprefix("torch."), "device": args.device,
+        "machine": machine_info(torch.device(args.device)), "peak_mem": PEAK_MEM_MEANING[torch.device(args.device).type],
+        "benchmark_wall_s": time.perf_counter() - t0,
+    }
+    paths = write_results(args.out, config, results)
+    print(markdown(results))
+    print("wrote " + ", ".join(map(str, paths)))
+    return {"config": config, "methods": results}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""MT-Bench speedup script: question selection, method names, metrics aggregation, and one real smoke run."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from specdec.data import Question, copy_prompts, load_mtbench, stratified_subset
+from specdec.metrics import TurnRecord, first_divergence, markdown, summarize, write_results
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "mtbench_speedup.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("mtbench_speedup", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mtbench_has_80_questions_in_8_categories():
+    qs = load_mtbench()
+    assert len(qs) == 80
+    assert set(Counter(q.category for q in qs).values()) == {10}
+    assert all(len(q.turns) == 2 for q in qs)
+
+
+@pytest.mark.parametrize("n", [1, 8, 16, 20, 80])
+def test_stratified_subset_is_even_over_categories(n):
+    qs = load_mtbench()
+    picked = stratified_subset(qs, n)
+    counts = Counter(q.category for q in picked)
+    assert len(picked) == len({q.question_id for q in picked}) == n
+    assert max(counts.values()) - min(counts.values()) <= 1 and len(counts) == min(n, 8)
+    first = {}
+    for q in qs:
+        first.setdefault(q.category, q.question_id)
+    # round-robin: the first 8 are each category's lowest question id, in question-id order
+    assert [q.question_id for q in picked[:8]] == sorted(first.values())[:n]
+
+
+def test_stratified_subset_rejects_bad_sizes():
+    qs = load_mtbench()
+    for n in (0, 81):
+        with pytest.raises(ValueError, match="cannot pick"):
+            stratified_subset(qs, n)
+
+
+def test_copy_prompts_are_copy_heavy():
+    qs = copy_prompts()
+    assert len(qs) == 8 and {q.category for q in qs} == {"summarise", "fix-grammar", "rewrite", "extract"}
+    assert all(150 <= len(q.turns[0].split()) <= 320 and len(q.turns) == 2 for q in qs)
+
+
+def test_methods_always_include_baseline_and_reference(script):
+    assert script.resolve_methods("ngram") == ["hf", "vanilla", "ngram"]
+    assert script.resolve_methods("vanilla, hf-pld,hf,vanilla") == ["vanilla", "hf-pld", "hf"]
+
+
+@pytest.mark.parametrize("name,state", [("eagle", "not available yet"), ("nonsense", "unknown")])
+def test_unknown_method_lists_available(script, name, state):
+    with pytest.raises(ValueError) as e:
+        script.resolve_methods(f"hf,{name}")
+    msg = str(e.value)
+    assert state in msg and "available: hf, hf-pld, vanilla, ngram" in msg
+
+
+def test_flags_reject_sampling_and_unavailable_methods(script, capsys):
+    with pytest.raises(SystemExit):
+        script.parse_args(["--temperature", "0.7"])
+    assert "sampling is not implemented yet" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.parse_args(["--methods", "medusa"])
+    assert "'medusa' is not available yet; available: hf, hf-pld, vanilla, ngram" in capsys.readouterr().err
+    assert script.parse_args(["--methods", "ngram"]).methods == ["hf", "vanilla", "ngram"]
+
+
+def rec(method, qid, cat, tokens, wall, steps=None, accepted=None, turn=1, gaps=None, mem=100.0):
+    return TurnRecord(method, qid, cat, turn, tokens, wall, steps, accepted, mem, gaps)
+
+
+def synthetic_records() -> list[TurnRecord]:
+    return [
+        rec("hf", 1, "a", [1, 2, 3, 4], 2.0, 3, 3), rec("hf", 2, "b", [5, 6], 1.0, 1, 1),
+        rec("vanilla", 1, "a", [1, 2, 3, 4], 1.0, 3, 3, gaps=[.5, .4, .3, .2]),
+        rec("vanilla", 2, "b", [5, 7], 1.0, 1, 1, gaps=[.9, .01]),
+        rec("ngram", 1, "a", [1, 2, 9, 9], 0.5, 1, 3, mem=150.0), rec("ngram", 2, "b", [5, 7], 0.25, 1, 1, mem=120.0),
+        rec("hf-pld", 1, "a", [1, 2, 3, 4], 2.0), rec("hf-pld", 2, "b", [5, 6], 1.0),
+    ]
+
+
+def test_summarize_synthetic_records():
+    m = summarize(synthetic_records())
+    assert m["hf"]["tokens_per_s"] == pytest.approx(2.0) and m["hf"]["speedup"] == pytest.approx(1.0)
+    assert m["hf"]["tau"] == pytest.approx(1.0) and m["hf"]["identical"] is None
+    assert m["vanilla"]["speedup"] == pytest.approx(1.5)
+    assert m["vanilla"]["divergences"] == [{"question_id": 2, "turn": 1, "position": 1, "top2_gap": 0.01}]
+    assert m["ngram"]["tokens_per_s"] == pytest.approx(8.0) and m["ngram"]["speedup"] == pytest.approx(4.0)
+    assert m["ngram"]["tau"] == pytest.approx(2.0) and m["ngram"]["identical"] is False
+    assert m["ngram"]["divergences"] == [{"question_id": 1, "turn": 1, "position": 2, "top2_gap": 0.3}]
+    assert m["ngram"]["peak_mem_mb"] == 150.0
+    assert m["ngram"]["per_category"] == {"a": {"speedup": pytest.approx(4.0), "tau": pytest.approx(3.0)},
+                                          "b": {"speedup": pytest.approx(4.0), "tau": pytest.approx(1.0)}}
+    # hf-pld matches vanilla on question 1 and diverges on question 2 (vanilla's own divergence from hf)
+    assert m["hf-pld"]["tau"] is None and m["hf-pld"]["per_category"]["a"]["tau"] is None
+    assert [d["question_id"] for d in m["hf-pld"]["divergences"]] == [2]
+
+
+def test_second_turn_is_not_compared_after_a_first_turn_divergence():
+    recs = [rec("hf", 1, "a", [1, 2], 1.0, 1, 1), rec("hf", 1, "a", [3, 4], 1.0, 1, 1, turn=2),
+            rec("vanilla", 1, "a", [1, 2], 1.0, 1, 1, gaps=[1.0, 1.0]),
+            rec("vanilla", 1, "a", [3, 5], 1.0, 1, 1, turn=2, gaps=[1.0, 0.02])]
+    recs += [rec("ngram", 1, "a", [1, 9], 1.0, 1, 2), rec("ngram", 1, "a", [8, 8], 1.0, 1, 2, turn=2)]
+    m = summarize(recs)
+    assert m["vanilla"]["divergences"] == [{"question_id": 1, "turn": 2, "position": 1, "top2_gap": 0.02}]
+    assert m["ngram"]["divergences"] == [{"question_id": 1, "turn": 1, "position": 1, "top2_gap": 1.0}]
+
+
+def test_first_divergence():
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 2, 3], [1, 4, 3]) == 1
+    assert first_divergence([1, 2], [1, 2, 3]) == 2
+
+
+def test_write_results_on_synthetic_records(tmp_path):
+    methods = summarize(synthetic_records())
+    paths = write_results(tmp_path, {"flags": {}}, methods)
+    assert [p.name for p in paths] == ["mtbench_speedup.json", "mtbench_speedup.md", "mtbench_speedup.png"]
+    assert json.loads(paths[0].read_text())["methods"]["ngram"]["tau"] == pytest.approx(2.0)
+    table = markdown(methods)
+    assert "| ngram | 8.0 | 4.00x | 2.00 | no (1 q) | 150 |" in table and "| hf-pld |" in table
+    assert paths[2].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_smoke_run_of_the_script(script, tmp_path):
+    result = script.main(["--questions", "2", "--max-new-tokens", "8", "--methods", "hf,vanilla,ngram",
+                          "--dtype", "fp32", "--out", str(tmp_path)])
+    for name in ("mtbench_speedup.json", "mtbench_speedup.md", "mtbench_speedup.png"):
+        assert (tmp_path / name).is_file()
+    data = json.loads((tmp_path / "mtbench_speedup.json").read_text())
+    assert data["methods"].keys() == {"hf", "vanilla", "ngram"} == result["methods"].keys()
+    cfg = data["config"]
+    assert cfg["dtype"] == "float32" and cfg["question_ids"] == [81, 91] and cfg["flags"]["max_new_tokens"] == 8
+    assert {"cpu", "threads", "torch"} <= cfg["machine"].keys() and cfg["backbone_path"]
+    for name, m in data["methods"].items():
+        assert {"tokens_per_s", "speedup", "tau", "identical", "divergences", "peak_mem_mb", "per_category"} <= m.keys()
+        assert m["tokens_per_s"] > 0 and m["peak_mem_mb"] > 0
+        assert m["per_category"].keys() == {"writing", "roleplay"}
+        assert all(d.keys() >= {"question_id", "position", "top2_gap"} for d in m["divergences"])
+    assert data["methods"]["hf"]["identical"] is None and data["methods"]["hf"]["tau"] == pytest.approx(1.0)
+    # fp32 is lossless: the n-gram drafter reproduces plain greedy decoding exactly
+    assert data["methods"]["ngram"]["identical"] is True
+    assert data["methods"]["vanilla"]["tau"] == pytest.approx(1.0)
