@@ -22,7 +22,8 @@ class DecodeState:
 
 
 class Drafter:
-    """Base drafter: override propose (and begin/update when it keeps state)."""
+    """Base drafter: override propose (and begin/update when it keeps state).
+    One instance serves many generations, so begin() must reset all per-generation state."""
 
     name = "drafter"
     hidden_layers: tuple[int, ...] = ()
