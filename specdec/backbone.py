@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from specdec.chat import detect_chat_format, format_chat
 from specdec.model import ModelArgs, Transformer
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
@@ -168,8 +169,6 @@ class Backbone:
 
     def encode_chat(self, messages: list[dict[str, str]] | str) -> list[int]:
         """Token ids of a conversation (or one user message), ready for the assistant's reply."""
-        from specdec.chat import format_chat
-
         return format_chat(self.tokenizer, messages, self.chat_format)
 
 
@@ -182,8 +181,6 @@ def load_backbone(
 ) -> Backbone:
     """Load a backbone: None for the embedded SmolLM2-135M-Instruct, or a local Hugging Face directory."""
     from transformers import AutoTokenizer
-
-    from specdec.chat import detect_chat_format
 
     path = embedded_dir() if source is None or source == "default" else Path(source)
     if not path.is_dir():

@@ -113,8 +113,6 @@ def decode(
     t0 = time.perf_counter()
     while not done:
         tree = drafter.propose(state)
-        if int(tree.tokens[0]) != state.tokens[-1]:
-            raise RuntimeError(f"drafter {drafter.name!r} proposed a tree whose root is not the pending token")
         if model.length + tree.shape.size > model.max_seq_len:
             tree = root_only(state)
         shape = tree.shape
@@ -126,10 +124,15 @@ def decode(
         )
         target = out.logits.argmax(dim=-1)
         best, n_drafts, bonus = greedy_accept(tree.tokens, target, shape.paths)
-        n = int(n_drafts)
-        accepted = shape.paths[best, : n + 1]
+        path = shape.paths[best]
+        # one device-to-host transfer per step: root, accepted count, bonus and the best path's tokens
+        head = torch.stack((tree.tokens[0], n_drafts.long(), bonus.long()))
+        root, n, bonus_token, *path_tokens = torch.cat((head, tree.tokens[path.clamp(min=0)])).tolist()
+        if root != state.tokens[-1]:
+            raise RuntimeError(f"drafter {drafter.name!r} proposed a tree whose root is not the pending token")
+        accepted = path[: n + 1]
         model.commit(None if shape.chain else accepted, n + 1)
-        new = tree.tokens[accepted[1:]].tolist() + [int(bonus)]
+        new = path_tokens[1 : n + 1] + [bonus_token]
         if gaps is not None:
             gaps.extend(_top2_gap(out.logits[i]) for i in accepted.tolist())
         stats.steps += 1

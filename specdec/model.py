@@ -252,7 +252,3 @@ class Transformer(nn.Module):
             return
         commit_kv(self.kv, self.length, accepted)
         self.length += accepted.shape[0]
-
-    def rollback(self, length: int) -> None:
-        """Truncate the committed prefix to `length` tokens."""
-        self.length = length

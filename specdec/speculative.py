@@ -58,6 +58,7 @@ class SpecModel:
 
     @classmethod
     def make_drafter(cls, **options) -> Drafter:
+        """This class's drafter built from keyword options (plain decoding takes none)."""
         if options:
             raise TypeError(f"plain decoding takes no drafter options, got {sorted(options)}")
         return NoDrafter()
@@ -84,4 +85,5 @@ class NgramModel(SpecModel):
 
     @classmethod
     def make_drafter(cls, **options) -> Drafter:
+        """An n-gram drafter; options are NgramConfig fields."""
         return NgramDrafter(NgramConfig(**options))

@@ -143,10 +143,9 @@ def test_reset_reuses_cache(tiny_models):
     out = model.forward(torch.tensor(b))
     assert_close(out.logits, tm.logits(b), "after reset")
     model.commit(None, len(b))
-    model.forward(torch.tensor([9, 10]))  # written, never committed
-    model.rollback(10)
+    model.forward(torch.tensor([9, 10]))  # written, never committed: must stay invisible
     out = model.forward(torch.tensor([11]))
-    assert_close(out.logits[0], tm.logits(b[:10] + [11])[-1], "after rollback to 10")
+    assert_close(out.logits[0], tm.logits(b + [11])[-1], "after uncommitted nodes")
 
 
 def test_forward_errors(tiny_models):

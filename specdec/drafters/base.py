@@ -1,6 +1,7 @@
 """The drafter protocol: propose a tree from the decode state, learn from what was accepted."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +22,7 @@ class DecodeState:
     accepted: Tensor | None = None
 
 
-class Drafter:
+class Drafter(ABC):
     """Base drafter: override propose (and begin/update when it keeps state).
     One instance serves many generations, so begin() must reset all per-generation state."""
 
@@ -31,9 +32,9 @@ class Drafter:
     def begin(self, state: DecodeState) -> None:
         """Called once after prefill."""
 
+    @abstractmethod
     def propose(self, state: DecodeState) -> Tree:
         """Return a tree whose root is state.tokens[-1]."""
-        raise NotImplementedError
 
     def update(self, state: DecodeState) -> None:
         """Called after each committed step."""
