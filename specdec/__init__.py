@@ -3,10 +3,10 @@ from specdec.backbone import Backbone, load_backbone
 from specdec.decode import DecodeResult, DecodeStats, decode
 from specdec.drafters import Drafter, NgramConfig, NgramDrafter, NoDrafter, make_drafter
 from specdec.model import ModelArgs, Transformer
-from specdec.speculative import Generation, NgramModel, SpecModel
+from specdec.speculative import Generation, MedusaModel, NgramModel, SpecModel
 from specdec.tree import Tree, TreeShape, parse_choices, shape_from_parents
 
 __all__ = [
-    "Backbone", "DecodeResult", "Generation", "NgramModel", "SpecModel", "DecodeStats", "Drafter", "ModelArgs", "NgramConfig", "NgramDrafter", "NoDrafter",
+    "Backbone", "DecodeResult", "Generation", "MedusaModel", "NgramModel", "SpecModel", "DecodeStats", "Drafter", "ModelArgs", "NgramConfig", "NgramDrafter", "NoDrafter",
     "Transformer", "Tree", "TreeShape", "decode", "load_backbone", "make_drafter", "parse_choices", "shape_from_parents",
 ]

@@ -9,7 +9,7 @@ import torch
 
 from specdec.backbone import Backbone, load_backbone
 from specdec.decode import DecodeStats, decode
-from specdec.drafters import Drafter, NgramConfig, NgramDrafter, NoDrafter
+from specdec.drafters import Drafter, MedusaDrafter, NgramConfig, NgramDrafter, NoDrafter
 
 
 @dataclass
@@ -54,11 +54,12 @@ class SpecModel:
         **drafter_options,
     ) -> "SpecModel":
         """Load a backbone (None: the embedded SmolLM2) and build this class's drafter from the options."""
-        return cls(load_backbone(backbone, dtype, device, max_seq_len), cls.make_drafter(**drafter_options))
+        loaded = load_backbone(backbone, dtype, device, max_seq_len)
+        return cls(loaded, cls.make_drafter(loaded, **drafter_options))
 
     @classmethod
-    def make_drafter(cls, **options) -> Drafter:
-        """This class's drafter built from keyword options (plain decoding takes none)."""
+    def make_drafter(cls, backbone: Backbone, **options) -> Drafter:
+        """This class's drafter for `backbone`, built from keyword options (plain decoding takes none)."""
         if options:
             raise TypeError(f"plain decoding takes no drafter options, got {sorted(options)}")
         return NoDrafter()
@@ -84,6 +85,15 @@ class NgramModel(SpecModel):
     """Prompt-lookup speculative decoding: no training, best on copy-heavy prompts."""
 
     @classmethod
-    def make_drafter(cls, **options) -> Drafter:
+    def make_drafter(cls, backbone: Backbone, **options) -> Drafter:
         """An n-gram drafter; options are NgramConfig fields."""
         return NgramDrafter(NgramConfig(**options))
+
+
+class MedusaModel(SpecModel):
+    """Medusa heads over a frozen backbone: `heads` is a directory, "medusa" or "medusa-trigram" (shipped)."""
+
+    @classmethod
+    def make_drafter(cls, backbone: Backbone, heads: str | Path = "medusa", tree: str | int | list = "auto") -> Drafter:
+        """Medusa drafter; tree is "auto" (sparse, sized for the device), a node count or a choice list."""
+        return MedusaDrafter(backbone.model, heads, tree)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import heapq
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -112,3 +113,25 @@ def parents_from_choices(choices: list[tuple[int, ...]]) -> tuple[int, ...]:
         index[c] = i
         parents.append(index[c[:-1]])
     return tuple(parents)
+
+
+def sparse_tree(accuracies: list[list[float]], n_nodes: int) -> list[tuple[int, ...]]:
+    """The Medusa accuracy-optimal tree: the n_nodes choices with the largest path probability.
+
+    accuracies[i][r] is how often head i's rank-r token is right; a choice's probability is the product
+    along its path, and the sum over chosen nodes is the expected number of accepted drafts.
+    """
+    if n_nodes < 0 or not accuracies or not all(accuracies):
+        raise ValueError("sparse_tree needs per-head rank accuracies and n_nodes >= 0")
+    frontier = [(-accuracies[0][0], (0,))]
+    chosen: list[tuple[int, ...]] = []
+    while frontier and len(chosen) < n_nodes:
+        neg, choice = heapq.heappop(frontier)
+        chosen.append(choice)
+        depth, rank = len(choice), choice[-1]
+        if depth < len(accuracies):  # first child
+            heapq.heappush(frontier, (neg * accuracies[depth][0], choice + (0,)))
+        if rank + 1 < len(accuracies[depth - 1]):  # next sibling: same parent, next rank
+            prob = -neg / max(accuracies[depth - 1][rank], 1e-12) * accuracies[depth - 1][rank + 1]
+            heapq.heappush(frontier, (-prob, choice[:-1] + (rank + 1,)))
+    return sorted(chosen, key=lambda c: (len(c), c))

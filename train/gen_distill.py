@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from specdec.backbone import backbone_dir, resolve_dtype, stop_ids  # noqa: E402
 from specdec.chat import detect_chat_format, format_chat  # noqa: E402
 from specdec.data import is_heldout, load_sharegpt  # noqa: E402
+from specdec.train_data import append_records  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -94,35 +94,29 @@ def main(argv: list[str] | None = None) -> None:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     bar = tqdm(total=len(todo), unit="prompt")
     tokens, t0 = 0, time.perf_counter()
-    feature_dir = args.out.with_suffix(".features")
-    feature_dir.mkdir(exist_ok=True)
-    with args.out.open("a") as f:
-        for b in range(0, len(todo), args.batch_size):
-            batch = todo[b : b + args.batch_size]
-            width = max(len(ids) for _, ids in batch)
-            input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for _, ids in batch], device=args.device)
-            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in batch], device=args.device)
-            gen = model.generate(input_ids, attention_mask=mask, do_sample=False, max_new_tokens=args.max_new_tokens,
-                                 eos_token_id=stops, pad_token_id=pad, return_dict_in_generate=True,
-                                 output_hidden_states=args.features)
-            if args.features:  # the last layer's output is post-norm in transformers' hidden_states
-                hidden = torch.cat([step[-1] for step in gen.hidden_states], dim=1).to("cpu", torch.float16)
-            rows, shard = [], f"{b // args.batch_size:05d}-{batch[0][0]}.safetensors"
-            for r, ((cid, ids), row) in enumerate(zip(batch, gen.sequences[:, width:].tolist())):
-                stop = next((i for i, t in enumerate(row) if t in stops), None)
-                answer = row if stop is None else row[: stop + 1]
-                tokens += len(answer)
-                line = {"id": cid, "prompt": ids, "answer": answer}
-                if args.features:
-                    # positions 0 .. len(prompt + answer) - 2: every token but the last was fed to the model
-                    rows.append(hidden[r, width - len(ids) : width + len(answer) - 1])
-                    line["features"] = {"file": shard, "row": r}
-                f.write(json.dumps(line) + "\n")
+    for b in range(0, len(todo), args.batch_size):
+        batch = todo[b : b + args.batch_size]
+        width = max(len(ids) for _, ids in batch)
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for _, ids in batch], device=args.device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in batch], device=args.device)
+        gen = model.generate(input_ids, attention_mask=mask, do_sample=False, max_new_tokens=args.max_new_tokens,
+                             eos_token_id=stops, pad_token_id=pad, return_dict_in_generate=True,
+                             output_hidden_states=args.features)
+        if args.features:  # the last layer's output is post-norm in transformers' hidden_states
+            hidden = torch.cat([step[-1] for step in gen.hidden_states], dim=1).to("cpu", torch.float16)
+        records, rows = [], []
+        for r, ((cid, ids), row) in enumerate(zip(batch, gen.sequences[:, width:].tolist())):
+            stop = next((i for i, t in enumerate(row) if t in stops), None)
+            answer = row if stop is None else row[: stop + 1]
+            tokens += len(answer)
+            records.append({"id": cid, "prompt": ids, "answer": answer})
+            # positions 0 .. len(prompt + answer) - 2: every token but the last was fed to the model
             if args.features:
-                save_file({f"row{r}": h.contiguous() for r, h in enumerate(rows)}, str(feature_dir / shard))
-            f.flush()
-            bar.update(len(batch))
-            bar.set_postfix(tok_per_s=f"{tokens / (time.perf_counter() - t0):.0f}")
+                rows.append(hidden[r, width - len(ids) : width + len(answer) - 1])
+        append_records(args.out, f"{b // args.batch_size:05d}-{batch[0][0]}.safetensors", records,
+                       rows if args.features else None)
+        bar.update(len(batch))
+        bar.set_postfix(tok_per_s=f"{tokens / (time.perf_counter() - t0):.0f}")
     bar.close()
     print(f"wrote {tokens} answer tokens to {args.out}")
 

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from specdec.drafters.base import DecodeState, Drafter, NoDrafter
+from specdec.drafters.medusa import MedusaDrafter, medusa_trigram
 from specdec.drafters.ngram import NgramConfig, NgramDrafter
 
-DRAFTERS = {"vanilla": NoDrafter, "ngram": NgramDrafter}
-PLANNED = ("lookahead", "medusa", "medusa-trigram", "eagle", "eagle2")
+DRAFTERS = {"vanilla": NoDrafter, "ngram": NgramDrafter,  "medusa": MedusaDrafter, "medusa-trigram": medusa_trigram}
+PLANNED = ("lookahead", "eagle", "eagle2")
 
 
 def make_drafter(name: str, **options) -> Drafter:
@@ -16,4 +17,4 @@ def make_drafter(name: str, **options) -> Drafter:
     return DRAFTERS[name](**options)
 
 
-__all__ = ["DRAFTERS", "DecodeState", "Drafter", "NgramConfig", "NgramDrafter", "NoDrafter", "make_drafter"]
+__all__ = ["DRAFTERS", "DecodeState", "Drafter", "MedusaDrafter", "NgramConfig", "NgramDrafter", "NoDrafter", "make_drafter"]

@@ -1,0 +1,82 @@
+"""Draft-head checkpoints: safetensors + config.json, tied to the backbone they were trained on."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from specdec.model import Transformer
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+_PROBE_ROWS = 8
+
+
+def backbone_fingerprint(model: Transformer) -> dict:
+    """Shapes plus a few lm_head values: enough to tell a checkpoint's backbone from another one."""
+    w = model.output.weight
+    rows = torch.linspace(0, w.shape[0] - 1, _PROBE_ROWS).long()
+    probe = w[rows.to(w.device), :4].float().flatten().tolist()
+    return {"dim": model.args.dim, "vocab_size": model.args.vocab_size, "n_layers": model.args.n_layers, "lm_head_probe": probe}
+
+
+def check_backbone(saved: dict, model: Transformer, path: Path) -> None:
+    """Raise a clear error when the heads at `path` were trained on another backbone."""
+    now = backbone_fingerprint(model)
+    for key in ("dim", "vocab_size", "n_layers"):
+        if saved.get(key) != now[key]:
+            raise ValueError(f"heads at {path} were trained for a backbone with {key}={saved.get(key)}, "
+                             f"this backbone has {key}={now[key]}: train heads for it with train/train_heads.py")
+    old, new = torch.tensor(saved["lm_head_probe"]), torch.tensor(now["lm_head_probe"])
+    if old.shape != new.shape or not torch.allclose(old, new, rtol=2e-2, atol=2e-3):  # bf16 rounding passes
+        raise ValueError(f"heads at {path} were trained for a different backbone (same shapes, other weights): "
+                         "train heads for this one with train/train_heads.py")
+
+
+def save_heads(path: str | Path, kind: str, config: dict, state: dict[str, Tensor], model: Transformer,
+               extra: dict | None = None) -> Path:
+    """Write heads atomically: a half-written directory never replaces a good one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS))
+        meta = {"kind": kind, "config": config, "backbone": backbone_fingerprint(model), **(extra or {})}
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=1))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def read_config(path: str | Path) -> dict:
+    """config.json of a heads directory, with clear errors for a missing or corrupt file."""
+    file = Path(path) / CONFIG
+    if not file.is_file():
+        raise FileNotFoundError(f"no {CONFIG} in {path}: not a draft-head checkpoint directory")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file} is not valid JSON (truncated or corrupt?): {e}") from e
+
+
+def load_heads(path: str | Path, kind: str, model: Transformer) -> tuple[dict, dict[str, Tensor]]:
+    """(metadata, weights) of heads of `kind` trained on `model`'s backbone."""
+    path = Path(path)
+    meta = read_config(path)
+    if meta.get("kind") != kind:
+        raise ValueError(f"{path} holds {meta.get('kind')!r} heads, not {kind!r}")
+    check_backbone(meta["backbone"], model, path)
+    try:
+        state = load_file(str(path / WEIGHTS))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise ValueError(f"cannot read {path / WEIGHTS} (truncated or corrupt?): {e}") from e
+    return meta, state

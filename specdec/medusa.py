@@ -1,0 +1,169 @@
+"""Medusa draft heads over a frozen backbone, with optional trigram conditioning; checkpoints in and out.
+
+Head i reads the backbone's final hidden state h_t and predicts token t+2+i (t+1 is the backbone's own).
+A trigram head first adds a learned projection of the embeddings of tokens t-1 and t to h_t. Unlike
+Hydra's heads, which read the embeddings of the tokens drafted before them (one head after another), these
+read only verified context, so all heads run as one batched step and the tree stays a top-k product.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from specdec.checkpoint import load_heads, read_config, save_heads
+from specdec.model import Transformer
+
+KIND = "medusa"
+SHIPPED = Path(__file__).parent / "weights"
+
+
+@dataclass
+class MedusaConfig:
+    """Head count, residual blocks per head, which heads are trigram-conditioned, and who owns the lm_head."""
+
+    dim: int
+    vocab_size: int
+    num_heads: int = 4
+    num_layers: int = 1
+    trigram: list[bool] = field(default_factory=list)  # per head; empty: none
+    own_lm_head: bool = False  # Medusa's original layout: a trainable copy of lm_head per head
+
+    def __post_init__(self):
+        if isinstance(self.trigram, bool):
+            self.trigram = [self.trigram] * self.num_heads
+        self.trigram = list(self.trigram) or [False] * self.num_heads
+        if self.num_heads < 1 or self.num_layers < 0 or len(self.trigram) != self.num_heads:
+            raise ValueError(f"bad Medusa config: {self.num_heads} heads, {self.num_layers} layers, trigram={self.trigram}")
+
+
+class ResBlock(nn.Module):
+    """x + SiLU(W x + b), zero-initialised so a new head starts as the identity."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, dim)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + F.silu(self.linear(x))
+
+
+class MedusaHead(nn.Module):
+    """One head: optional trigram context projection, residual blocks (distinct modules), optional own lm_head."""
+
+    def __init__(self, config: MedusaConfig, trigram: bool):
+        super().__init__()
+        d = config.dim
+        self.context = nn.Linear(2 * d, d, bias=False) if trigram else None
+        if self.context is not None:
+            nn.init.zeros_(self.context.weight)
+        self.blocks = nn.Sequential(*(ResBlock(d) for _ in range(config.num_layers)))
+        self.lm_head = nn.Linear(d, config.vocab_size, bias=False) if config.own_lm_head else None
+
+    def features(self, hidden: Tensor, context: Tensor | None) -> Tensor:
+        if self.context is not None:
+            hidden = hidden + self.context(context)
+        return self.blocks(hidden)
+
+
+class MedusaHeads(nn.Module):
+    """K heads; forward gives logits [K, n, vocab] for n positions (backbone embeddings and lm_head passed in)."""
+
+    def __init__(self, config: MedusaConfig):
+        super().__init__()
+        self.config = config
+        self.heads = nn.ModuleList(MedusaHead(config, t) for t in config.trigram)
+
+    def forward(self, hidden: Tensor, context_ids: Tensor | None, embed: Tensor, lm_head: Tensor) -> Tensor:
+        """hidden [n, d] at positions t; context_ids [n, 2] = tokens (t-1, t), needed only by trigram heads."""
+        context = None
+        if any(self.config.trigram):
+            if context_ids is None:
+                raise ValueError("trigram heads need context_ids: the tokens at t-1 and t")
+            context = F.embedding(context_ids, embed).flatten(-2).to(hidden.dtype)
+        feats = torch.stack([h.features(hidden, context) for h in self.heads])
+        if self.config.own_lm_head:
+            return torch.stack([h.lm_head(f) for h, f in zip(self.heads, feats)])
+        return feats @ lm_head.T  # one matmul for all heads: the shared lm_head is read once
+
+    def init_lm_heads(self, lm_head: Tensor) -> None:
+        """Start head-owned lm_heads as copies of the backbone's."""
+        for h in self.heads:
+            if h.lm_head is not None:
+                h.lm_head.weight.data.copy_(lm_head)
+
+
+def save_medusa(path: str | Path, heads: MedusaHeads, model: Transformer, extra: dict | None = None) -> Path:
+    """Save heads as safetensors + config.json (with the backbone fingerprint and any extra metadata)."""
+    return save_heads(path, KIND, asdict(heads.config), heads.state_dict(), model, extra)
+
+
+def load_official_medusa(path: Path, model: Transformer) -> MedusaHeads:
+    """FasterDecoding's layout: config.json (medusa_num_heads, medusa_num_layers) + medusa_lm_head.{safetensors,pt}."""
+    cfg = json.loads((path / "config.json").read_text())
+    n_heads, n_layers = int(cfg["medusa_num_heads"]), int(cfg.get("medusa_num_layers", 1))
+    if (path / "medusa_lm_head.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(path / "medusa_lm_head.safetensors"))
+    elif (path / "medusa_lm_head.pt").is_file():
+        try:
+            state = torch.load(path / "medusa_lm_head.pt", map_location="cpu", weights_only=True)
+        except Exception as e:  # weights_only refuses anything but tensors; a cut file fails to unzip
+            raise ValueError(f"cannot read {path / 'medusa_lm_head.pt'} as plain tensors (corrupt?): {e}") from e
+    else:
+        raise FileNotFoundError(f"{path} has a Medusa config.json but no medusa_lm_head.safetensors or .pt")
+    head_w = state.get(f"0.{n_layers}.weight")
+    if head_w is None:
+        raise ValueError(f"{path}: no key '0.{n_layers}.weight': not the Medusa head layout")
+    if tuple(head_w.shape) != (model.args.vocab_size, model.args.dim):
+        raise ValueError(f"Medusa heads at {path} project {head_w.shape[1]} -> {head_w.shape[0]}, but this backbone "
+                         f"has dim {model.args.dim} and vocab {model.args.vocab_size}: they belong to another backbone")
+    heads = MedusaHeads(MedusaConfig(model.args.dim, model.args.vocab_size, n_heads, n_layers, own_lm_head=True))
+    ours = {}
+    for i in range(n_heads):
+        for j in range(n_layers):
+            for p in ("weight", "bias"):
+                ours[f"heads.{i}.blocks.{j}.linear.{p}"] = state[f"{i}.{j}.linear.{p}"]
+        ours[f"heads.{i}.lm_head.weight"] = state[f"{i}.{n_layers}.weight"]
+    heads.load_state_dict(ours)
+    return heads
+
+
+def shipped_heads(model: Transformer, variant: str) -> Path:
+    """The heads shipped in the package for this backbone (matched by fingerprint)."""
+    from specdec.checkpoint import check_backbone
+
+    for path in sorted(SHIPPED.glob(f"*/{variant}")):
+        try:
+            check_backbone(read_config(path)["backbone"], model, path)
+            return path
+        except ValueError:
+            continue
+    raise FileNotFoundError(f"no shipped {variant!r} heads for this backbone: train some with "
+                            "train/train_heads.py and pass heads=<their directory>")
+
+
+def load_medusa(path: str | Path, model: Transformer) -> tuple[MedusaHeads, dict]:
+    """Heads from our checkpoint or an official Medusa one, on the backbone's device and dtype; plus metadata."""
+    path = Path(path)
+    if path.name in ("default", "medusa", "medusa-trigram") and not path.exists():
+        path = shipped_heads(model, "medusa-trigram" if path.name == "medusa-trigram" else "medusa")
+    meta = read_config(path)
+    if "medusa_num_heads" in meta:
+        heads, meta = load_official_medusa(path, model), {"kind": KIND, "source": "official"}
+    else:
+        meta, state = load_heads(path, KIND, model)
+        heads = MedusaHeads(MedusaConfig(**meta["config"]))
+        try:
+            heads.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"{path}: weights do not match its config.json: {e}") from e
+    w = model.output.weight
+    return heads.to(device=w.device, dtype=w.dtype).eval().requires_grad_(False), meta

@@ -1,0 +1,92 @@
+"""Training positions for draft heads, read from gen_distill.py's JSONL + hidden-state files."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+
+@dataclass
+class HeadData:
+    """Per answer position t: the backbone's hidden h_t, tokens (t-1, t), and head i's label (token t+2+i)."""
+
+    hidden: Tensor  # [N, d] float16
+    context: Tensor  # [N, 2] int64
+    labels: Tensor  # [N, K] int64, -100 past the end of the answer
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+
+def append_records(path: str | Path, shard: str, records: list[dict], hidden: list[Tensor] | None) -> None:
+    """Append records (id, prompt, answer token ids) to a JSONL file; their hidden states go to one shard file.
+
+    hidden[r] holds the final hidden state at every position of prompt + answer but the last.
+    """
+    path = Path(path)
+    lines = []
+    if hidden is not None:
+        feature_dir = path.with_suffix(".features")
+        feature_dir.mkdir(parents=True, exist_ok=True)
+        save_file({f"row{r}": h.to(torch.float16).contiguous() for r, h in enumerate(hidden)}, str(feature_dir / shard))
+    for r, rec in enumerate(records):
+        lines.append(json.dumps({**rec, "features": {"file": shard, "row": r}} if hidden is not None else rec))
+    with path.open("a") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The JSONL records of gen_distill.py, skipping a line cut short by a kill."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training data not found: {path} (make it with train/gen_distill.py)")
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    if not records:
+        raise ValueError(f"{path} holds no complete records")
+    if "features" not in records[0]:
+        raise ValueError(f"{path} has no hidden states: make it with train/gen_distill.py --features")
+    return records
+
+
+def head_data(path: str | Path, num_heads: int, max_positions: int | None = None) -> HeadData:
+    """All answer positions of a distilled data file (first max_positions of them), labels for num_heads heads."""
+    path = Path(path)
+    feature_dir = path.with_suffix(".features")
+    hidden, context, labels = [], [], []
+    total = 0
+    open_files: dict[str, object] = {}
+    for rec in read_records(path):
+        ids = torch.tensor(rec["prompt"] + rec["answer"])
+        start, end = len(rec["prompt"]) - 1, len(ids) - 2  # h_t for t in [start, end): head 0's label ids[t+2] exists
+        if end <= start:
+            continue
+        f = rec["features"]
+        if f["file"] not in open_files:
+            open_files[f["file"]] = safe_open(str(feature_dir / f["file"]), "pt")
+        rows = open_files[f["file"]].get_tensor(f"row{f['row']}")
+        if rows.shape[0] != len(ids) - 1:
+            raise ValueError(f"{path}: record {rec['id']} has {rows.shape[0]} hidden states for {len(ids)} tokens")
+        t = torch.arange(start, end)
+        hidden.append(rows[start:end])
+        context.append(torch.stack((ids[(t - 1).clamp(min=0)], ids[t]), dim=1))
+        ahead = t[:, None] + 2 + torch.arange(num_heads)
+        labels.append(torch.where(ahead < len(ids), ids[ahead.clamp(max=len(ids) - 1)], -100))
+        total += end - start
+        if max_positions is not None and total >= max_positions:
+            break
+    if not hidden:
+        raise ValueError(f"{path} has no answer positions to train on")
+    data = HeadData(torch.cat(hidden), torch.cat(context), torch.cat(labels))
+    if max_positions is not None:
+        data = HeadData(data.hidden[:max_positions], data.context[:max_positions], data.labels[:max_positions])
+    return data

@@ -1,0 +1,198 @@
+"""Medusa heads: identity at init, checkpoints (ours and the official layout), sparse trees, and lossless
+decoding with random and trained heads."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import FAMILIES, VOCAB
+from test_decode import PROMPTS
+from specdec.decode import decode
+from specdec.drafters import MedusaDrafter, make_drafter
+from specdec.medusa import MedusaConfig, MedusaHeads, load_medusa, save_medusa
+from specdec.tree import sparse_tree
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+HYP = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module")
+def runners(tiny_models):
+    return {f: tiny_models[f].load() for f in FAMILIES}
+
+
+def random_heads(model, num_heads: int, trigram, num_layers: int = 1, seed: int = 0, own: bool = False) -> MedusaHeads:
+    torch.manual_seed(seed)
+    heads = MedusaHeads(MedusaConfig(model.args.dim, model.args.vocab_size, num_heads, num_layers, trigram, own))
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.normal_(0, 0.3)
+    return heads.eval()
+
+
+def logits_of(heads, model, hidden, ctx):
+    return heads(hidden, ctx, model.tok_embeddings.weight, model.output.weight)
+
+
+def test_new_heads_are_the_identity(runners):
+    model = runners["llama"]
+    for trigram in (False, True):
+        heads = MedusaHeads(MedusaConfig(model.args.dim, VOCAB, 3, 2, trigram))
+        hidden, ctx = torch.randn(5, model.args.dim), torch.randint(0, VOCAB, (5, 2))
+        expect = hidden @ model.output.weight.T
+        assert torch.allclose(logits_of(heads, model, hidden, ctx), expect.expand(3, -1, -1), atol=1e-5)
+
+
+def test_layers_are_distinct_modules():
+    heads = MedusaHeads(MedusaConfig(8, 16, 2, 3))
+    blocks = [b for h in heads.heads for b in h.blocks]
+    assert len({id(b) for b in blocks}) == 6
+    assert len({p.data_ptr() for b in blocks for p in b.parameters()}) == 12
+
+
+def test_trigram_heads_read_the_context_and_plain_heads_do_not(runners):
+    model = runners["llama"]
+    heads = random_heads(model, 2, [True, False])
+    hidden = torch.randn(1, model.args.dim)
+    a = logits_of(heads, model, hidden, torch.tensor([[5, 6]]))
+    b = logits_of(heads, model, hidden, torch.tensor([[7, 6]]))
+    assert not torch.allclose(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="context_ids"):
+        logits_of(heads, model, hidden, None)
+
+
+def test_save_load_round_trip_and_wrong_backbone(runners, tmp_path):
+    model = runners["llama3"]
+    heads = random_heads(model, 3, [True, False, True], num_layers=2)
+    path = save_medusa(tmp_path / "h", heads, model, {"eval": {"rank_accuracy": [[0.5, 0.1]] * 3}})
+    loaded, meta = load_medusa(path, model)
+    hidden, ctx = torch.randn(4, model.args.dim), torch.randint(0, VOCAB, (4, 2))
+    assert torch.equal(logits_of(heads, model, hidden, ctx), logits_of(loaded, model, hidden, ctx))
+    assert meta["eval"]["rank_accuracy"][0] == [0.5, 0.1]
+    with pytest.raises(ValueError, match="different backbone"):
+        load_medusa(path, runners["qwen2"])  # same shapes, other weights
+
+
+def test_corrupt_checkpoints_fail_clearly(runners, tmp_path):
+    model = runners["llama"]
+    path = save_medusa(tmp_path / "h", random_heads(model, 2, False), model)
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_medusa(path, model)
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_medusa(path, model)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_medusa(tmp_path / "nothing", model)
+
+
+def official_state(model, n_heads: int, n_layers: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    d, v = model.args.dim, model.args.vocab_size
+    state = {}
+    for i in range(n_heads):
+        for j in range(n_layers):
+            state[f"{i}.{j}.linear.weight"] = torch.randn(d, d, generator=g) * 0.2
+            state[f"{i}.{j}.linear.bias"] = torch.randn(d, generator=g) * 0.2
+        state[f"{i}.{n_layers}.weight"] = torch.randn(v, d, generator=g) * 0.2
+    return state
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_official_medusa_layout_loads(runners, tmp_path, fmt):
+    from safetensors.torch import save_file
+
+    model = runners["vicuna"]
+    state = official_state(model, 3, 2)
+    (tmp_path / "config.json").write_text(json.dumps({"medusa_num_heads": 3, "medusa_num_layers": 2,
+                                                      "base_model_name_or_path": "lmsys/vicuna-7b-v1.3"}))
+    if fmt == "pt":
+        torch.save(state, tmp_path / "medusa_lm_head.pt")
+    else:
+        save_file(state, str(tmp_path / "medusa_lm_head.safetensors"))
+    heads, meta = load_medusa(tmp_path, model)
+    assert meta["source"] == "official" and heads.config.own_lm_head
+    hidden = torch.randn(4, model.args.dim)
+    for i in range(3):
+        x = hidden
+        for j in range(2):
+            x = x + F.silu(x @ state[f"{i}.{j}.linear.weight"].T + state[f"{i}.{j}.linear.bias"])
+        assert torch.allclose(logits_of(heads, model, hidden, None)[i], x @ state[f"{i}.2.weight"].T, atol=1e-5)
+
+
+def test_official_layout_errors(runners, tmp_path):
+    model = runners["vicuna"]
+    (tmp_path / "config.json").write_text(json.dumps({"medusa_num_heads": 2, "medusa_num_layers": 1}))
+    with pytest.raises(FileNotFoundError, match="medusa_lm_head"):
+        load_medusa(tmp_path, model)
+    state = official_state(model, 2, 1)
+    state["1.1.weight"] = state["0.1.weight"] = torch.randn(VOCAB + 1, model.args.dim)
+    torch.save(state, tmp_path / "medusa_lm_head.pt")
+    with pytest.raises(ValueError, match="another backbone"):
+        load_medusa(tmp_path, model)
+    torch.save({"0.1.weight": random.Random}, tmp_path / "medusa_lm_head.pt")  # not tensors: never unpickled
+    with pytest.raises(ValueError, match="plain tensors"):
+        load_medusa(tmp_path, model)
+
+
+def brute_force_best(acc: list[list[float]], n: int) -> float:
+    """The largest total path probability of any n nodes closed under parents (every subtree, enumerated)."""
+    nodes = [c for d in range(1, len(acc) + 1) for c in itertools.product(*[range(len(a)) for a in acc[:d]])]
+    prob = {c: math.prod(acc[i][r] for i, r in enumerate(c)) for c in nodes}
+    best = 0.0
+    for subset in itertools.combinations(nodes, n):
+        s = set(subset)
+        if all(len(c) == 1 or c[:-1] in s for c in subset):
+            best = max(best, sum(prob[c] for c in subset))
+    return best
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.floats(0.01, 1.0), min_size=1, max_size=3), min_size=1, max_size=3), st.integers(1, 5))
+def test_sparse_tree_is_optimal(acc, n):
+    acc = [sorted(a, reverse=True) for a in acc]
+    n_all = sum(math.prod(len(a) for a in acc[:d]) for d in range(1, len(acc) + 1))
+    tree = sparse_tree(acc, n)
+    assert len(tree) == min(n, n_all) and len(set(tree)) == len(tree)
+    assert all(len(c) == 1 or c[:-1] in tree for c in tree)
+    got = sum(math.prod(acc[i][r] for i, r in enumerate(c)) for c in tree)
+    assert got == pytest.approx(brute_force_best(acc, min(n, n_all)))
+
+
+@HYP
+@given(family=st.sampled_from(FAMILIES), p=st.integers(0, 3), seed=st.integers(0, 10**6), nodes=st.integers(1, 24),
+       trigram=st.lists(st.booleans(), min_size=1, max_size=4), own=st.booleans())
+def test_random_heads_are_lossless(tiny_models, runners, family, p, seed, nodes, trigram, own):
+    model = runners[family]
+    heads = random_heads(model, len(trigram), trigram, seed=seed, own=own)
+    drafter = MedusaDrafter(model, heads, tree=nodes)
+    res = decode(model, PROMPTS[p], drafter, max_new_tokens=32)
+    assert res.tokens == tiny_models[family].greedy(PROMPTS[p], 32)
+
+
+def test_tree_specs(runners):
+    model = runners["llama"]
+    heads = random_heads(model, 2, False)
+    assert MedusaDrafter(model, heads, tree="[[0], [1], [0, 0]]").choices == [(0,), (1,), (0, 0)]
+    assert len(MedusaDrafter(model, heads, tree="auto").choices) == 10
+    for bad in ("bushy", 0, "[[0, 0, 0]]", "[[1, 0]]"):
+        with pytest.raises(ValueError, match="tree spec"):
+            MedusaDrafter(model, heads, tree=bad)
+
+
+def test_registry_builds_medusa_from_a_checkpoint(runners, tmp_path):
+    model = runners["mistral"]
+    path = save_medusa(tmp_path / "h", random_heads(model, 3, [True] * 3), model)
+    drafter = make_drafter("medusa-trigram", model=model, heads=str(path), tree=6)
+    assert drafter.name == "medusa-trigram" and len(drafter.choices) == 6
+    with pytest.raises(FileNotFoundError, match="no shipped"):
+        make_drafter("medusa", model=model)

@@ -1,0 +1,125 @@
+"""train/train_heads.py on a tiny backbone: labels, falling loss, resume after a kill, 2-process torchrun,
+and trained heads that are accepted yet lossless."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import VOCAB
+from specdec.decode import decode
+from specdec.drafters import MedusaDrafter
+from specdec.medusa import load_medusa
+from specdec.train_data import append_records, head_data
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _train_module():
+    spec = importlib.util.spec_from_file_location("train_heads", ROOT / "train" / "train_heads.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_heads = _train_module()
+
+
+@torch.no_grad()
+def make_distill(model, path: Path, n: int, seed: int, answer_len: int = 48) -> list[list[int]]:
+    """gen_distill.py's format from a tiny backbone: greedy answers to random prompts plus hidden states."""
+    g = torch.Generator().manual_seed(seed)
+    records, hidden, sequences = [], [], []
+    for i in range(n):
+        prompt = torch.randint(3, VOCAB, (int(torch.randint(4, 12, (1,), generator=g)),), generator=g).tolist()
+        answer = decode(model, prompt, max_new_tokens=answer_len).tokens
+        ids = prompt + answer
+        model.reset()
+        hidden.append(model.forward(torch.tensor(ids[:-1])).hidden)
+        records.append({"id": f"s{seed}-{i}", "prompt": prompt, "answer": answer})
+        sequences.append(ids)
+    append_records(path, f"{seed:05d}.safetensors", records, hidden)
+    return sequences
+
+
+@pytest.fixture(scope="module")
+def distilled(tiny_models, tmp_path_factory):
+    tiny = tiny_models["llama"]
+    model = tiny.load()
+    root = tmp_path_factory.mktemp("distill")
+    seqs = make_distill(model, root / "train.jsonl", 24, seed=1)
+    make_distill(model, root / "eval.jsonl", 4, seed=2)
+    return tiny, model, root, seqs
+
+
+def args_for(tiny, root: Path, out: Path, *extra: str) -> list[str]:
+    return ["--backbone", str(tiny.path), "--data", str(root / "train.jsonl"), "--eval-data", str(root / "eval.jsonl"),
+            "--out", str(out), "--num-heads", "3", "--micro-batch", "64", "--lr", "3e-3", "--warmup", "2",
+            "--save-every", "2", "--eval-every", "1000", *extra]
+
+
+def test_labels_are_the_backbones_next_tokens(distilled):
+    _, _, root, seqs = distilled
+    data = head_data(root / "train.jsonl", 3)
+    ids = seqs[0]
+    start = 4  # any answer position t of the first record: head i's label is token t + 2 + i
+    prompt_len = len(ids) - 48
+    t = prompt_len - 1 + start
+    assert data.labels[start].tolist() == ids[t + 2 : t + 5]
+    assert data.context[start].tolist() == ids[t - 1 : t + 1]
+    # 47 positions per 48-token answer; the last ones have fewer labels, then the next record starts
+    assert data.labels[45, 2] == -100 and data.labels[46].tolist()[1:] == [-100, -100]
+    nxt = seqs[1]
+    assert data.labels[47].tolist() == nxt[len(nxt) - 48 + 1 : len(nxt) - 48 + 4]
+
+
+def test_loss_falls_and_eval_reports_every_head(distilled, tmp_path):
+    tiny, model, root, _ = distilled
+    out = train_heads.main(args_for(tiny, root, tmp_path / "run", "--epochs", "4", "--lr", "1e-2", "--trigram", "0"))
+    first, last = (sum(map(sum, out["losses"][s])) / 3 for s in (slice(0, 3), slice(-3, None)))
+    assert last < 0.8 * first
+    assert len(out["eval"]["top1"]) == 3 and all(0 <= a <= b <= 1 for a, b in zip(out["eval"]["top1"], out["eval"]["top5"]))
+    heads, meta = load_medusa(tmp_path / "run" / "heads", model)
+    assert heads.config.trigram == [True, False, False] and "train_heads.py" in meta["train"]["command"]
+
+
+def test_resume_after_a_kill_gives_the_same_heads(distilled, tmp_path):
+    tiny, model, root, _ = distilled
+    whole = train_heads.main(args_for(tiny, root, tmp_path / "whole", "--epochs", "2"))
+    part = train_heads.main(args_for(tiny, root, tmp_path / "cut", "--epochs", "2", "--max-steps", "3"))
+    assert part["step"] == 3 and not (tmp_path / "cut" / "heads").exists()
+    rest = train_heads.main(args_for(tiny, root, tmp_path / "cut", "--epochs", "2"))  # resumes at step 2
+    assert rest["step"] == whole["step"] and len(rest["losses"]) == whole["step"] - 2
+    assert torch.allclose(torch.tensor(rest["losses"]), torch.tensor(whole["losses"][2:]), rtol=1e-5)
+    a, _ = load_medusa(tmp_path / "whole" / "heads", model)
+    b, _ = load_medusa(tmp_path / "cut" / "heads", model)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-6), name
+
+
+def test_torchrun_two_processes(distilled, tmp_path):
+    tiny, model, root, _ = distilled
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "train" / "train_heads.py"), *args_for(tiny, root, tmp_path / "ddp", "--epochs", "1", "--micro-batch", "32")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout
+    heads, meta = load_medusa(tmp_path / "ddp" / "heads", model)
+    assert meta["train"]["processes"] == 2
+
+
+def test_trained_heads_decode_losslessly(distilled, tmp_path):
+    # a random tiny backbone's answers are not learnable enough for acceptance: test_real_model shows tau
+    tiny, model, root, seqs = distilled
+    train_heads.main(args_for(tiny, root, tmp_path / "run", "--epochs", "3", "--trigram", "all"))
+    drafter = MedusaDrafter(model, tmp_path / "run" / "heads", tree=8)
+    for ids in seqs[:3]:
+        prompt = ids[: len(ids) - 48]
+        assert decode(model, prompt, drafter, max_new_tokens=48).tokens == tiny.greedy(prompt, 48)

@@ -1,0 +1,215 @@
+"""Train draft heads on a frozen backbone from cached hidden states (train/gen_distill.py makes them).
+
+    python train/train_heads.py --head medusa --data data/distill_train.jsonl --eval-data data/distill_heldout.jsonl --out runs/medusa
+    torchrun --nproc_per_node=2 train/train_heads.py --head medusa --trigram all ...
+
+DDP over torchrun (gloo on CPU, nccl on CUDA), bf16 autocast on CUDA, gradient accumulation, cosine schedule
+with warm-up, per-head top-1/top-5 eval, checkpoints every --save-every steps; rerun the same command after
+a kill and it resumes from the last checkpoint. The final heads land in --out as safetensors + config.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from specdec.backbone import backbone_dir, load_transformer, resolve_dtype  # noqa: E402
+from specdec.medusa import MedusaConfig, MedusaHeads, save_medusa  # noqa: E402
+from specdec.train_data import HeadData, head_data  # noqa: E402
+
+EVAL_RANKS = 10
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--head", choices=("medusa",), default="medusa")
+    p.add_argument("--backbone", default=None, help="local HF directory (default: the embedded SmolLM2)")
+    p.add_argument("--data", type=Path, required=True, help="gen_distill.py JSONL (hidden states beside it)")
+    p.add_argument("--eval-data", type=Path, default=None, help="held-out JSONL for per-head accuracy")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--num-heads", type=int, default=4)
+    p.add_argument("--num-layers", type=int, default=1)
+    p.add_argument("--trigram", default="none", help="'none', 'all' or head indices like 0,1")
+    p.add_argument("--own-lm-head", action="store_true", help="a trainable lm_head copy per head (Medusa's layout)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--max-positions", type=int, default=None, help="train on the first N answer positions")
+    p.add_argument("--micro-batch", type=int, default=256, help="positions per process per forward")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=20, help="warm-up optimizer steps")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--loss-decay", type=float, default=0.8, help="head i's loss weight is decay**i (1: equal)")
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-positions", type=int, default=8192)
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="fp32", help="backbone weights (embeddings and lm_head) dtype")
+    p.add_argument("--device", default=None)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this run (rerun to go on)")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
+    return p.parse_args(argv)
+
+
+def trigram_flags(spec: str, num_heads: int) -> list[bool]:
+    """Parse --trigram into one flag per head."""
+    if spec in ("none", "all"):
+        return [spec == "all"] * num_heads
+    try:
+        idx = {int(x) for x in spec.split(",")}
+    except ValueError as e:
+        raise SystemExit(f"--trigram must be 'none', 'all' or head indices like 0,1; got {spec!r}") from e
+    if not idx <= set(range(num_heads)):
+        raise SystemExit(f"--trigram names heads {sorted(idx)} but there are {num_heads}")
+    return [i in idx for i in range(num_heads)]
+
+
+def head_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-head cross-entropy [K] over positions with a label."""
+    k, n, v = logits.shape
+    ce = F.cross_entropy(logits.float().reshape(k * n, v), labels.T.reshape(-1), ignore_index=-100, reduction="none")
+    valid = (labels.T != -100).float().reshape(k, n)
+    return (ce.view(k, n) * valid).sum(1) / valid.sum(1).clamp(min=1)
+
+
+@torch.no_grad()
+def evaluate(heads: MedusaHeads, data: HeadData, embed: torch.Tensor, lm_head: torch.Tensor, batch: int) -> dict:
+    """Per-head top-1/top-5 accuracy and per-rank accuracy (for sparse trees) against the backbone's tokens."""
+    k = heads.config.num_heads
+    hits = torch.zeros(k, EVAL_RANKS)
+    counts = torch.zeros(k)
+    device = embed.device
+    for s in range(0, len(data), batch):
+        h = data.hidden[s : s + batch].to(device, embed.dtype)
+        ctx, lab = data.context[s : s + batch].to(device), data.labels[s : s + batch].to(device)
+        top = heads(h, ctx, embed, lm_head).topk(EVAL_RANKS, dim=-1).indices  # [K, n, R]
+        for i in range(k):
+            valid = lab[:, i] != -100
+            hits[i] += (top[i][valid] == lab[valid, i, None]).float().sum(0).cpu()
+            counts[i] += valid.sum().cpu()
+    rank_acc = hits / counts.clamp(min=1)[:, None]
+    return {"top1": rank_acc[:, 0].tolist(), "top5": rank_acc[:, :5].sum(1).tolist(),
+            "rank_accuracy": rank_acc.tolist(), "positions": int(counts[0])}
+
+
+def save_checkpoint(path: Path, heads: torch.nn.Module, opt, sched, step: int) -> None:
+    """Heads (safetensors) and optimizer/scheduler/step (tensors-only torch file), swapped in atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous().cpu() for k, v in heads.state_dict().items()}, str(tmp / "heads.safetensors"))
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}, tmp / "trainer.pt")
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, heads: torch.nn.Module, opt, sched) -> int:
+    """Restore a checkpoint written by save_checkpoint; returns its step."""
+    heads.load_state_dict(load_file(str(path / "heads.safetensors")))
+    state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return int(state["step"])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from transformers import get_cosine_schedule_with_warmup
+
+    args = parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    device = torch.device(args.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"))
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    main_rank = rank == 0
+    torch.manual_seed(args.seed)
+
+    model = load_transformer(backbone_dir(args.backbone), resolve_dtype(args.dtype, device), device).requires_grad_(False)
+    embed, lm_head = model.tok_embeddings.weight, model.output.weight
+    config = MedusaConfig(model.args.dim, model.args.vocab_size, args.num_heads, args.num_layers,
+                          trigram_flags(args.trigram, args.num_heads), args.own_lm_head)
+    heads = MedusaHeads(config)
+    heads.init_lm_heads(lm_head.float().cpu())
+    heads.to(device)
+    trainable = torch.nn.parallel.DistributedDataParallel(heads) if world > 1 else heads
+
+    data = head_data(args.data, args.num_heads, args.max_positions)
+    eval_data = head_data(args.eval_data, args.num_heads, args.eval_positions) if args.eval_data else None
+    per_step = args.micro_batch * args.grad_accum * world
+    steps_per_epoch = len(data) // per_step
+    if steps_per_epoch < 1:
+        raise SystemExit(f"{len(data)} positions cannot fill one step of {per_step}: lower --micro-batch")
+    total = max(1, math.ceil(args.epochs * steps_per_epoch))
+    opt = torch.optim.AdamW(heads.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    sched = get_cosine_schedule_with_warmup(opt, min(args.warmup, total // 2), total)
+    weights = torch.tensor([args.loss_decay**i for i in range(args.num_heads)], device=device)
+
+    ckpt = args.out / "checkpoint"
+    step = load_checkpoint(ckpt, heads, opt, sched) if args.resume and ckpt.exists() else 0
+    if main_rank:
+        print(f"{len(data)} positions, {world} process(es), {per_step} per step, {total} steps"
+              + (f", resuming at step {step}" if step else ""), flush=True)
+    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    bar = tqdm(total=total, initial=step, disable=not main_rank, unit="step")
+    started, history = time.perf_counter(), []
+    stop_at = total if args.max_steps is None else min(total, step + args.max_steps)
+    while step < stop_at:
+        epoch, within = divmod(step, steps_per_epoch)
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed + epoch))
+        batch = order[within * per_step : (within + 1) * per_step].view(args.grad_accum, world, args.micro_batch)[:, rank]
+        losses = torch.zeros(args.num_heads, device=device)
+        for micro in batch:
+            h = data.hidden[micro].to(device, torch.float32)
+            with autocast:
+                logits = trainable(h, data.context[micro].to(device), embed, lm_head)
+            per_head = head_losses(logits, data.labels[micro].to(device))
+            ((per_head * weights).sum() / args.grad_accum).backward()
+            losses += per_head.detach() / args.grad_accum
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        history.append(losses.tolist())
+        bar.update(1)
+        bar.set_postfix(loss=" ".join(f"{x:.2f}" for x in losses.tolist()))
+        if step % args.save_every == 0 or step == total:
+            if main_rank:
+                save_checkpoint(ckpt, heads, opt, sched, step)
+            if world > 1:
+                dist.barrier()
+        if eval_data is not None and main_rank and (step % args.eval_every == 0 or step == total):
+            acc = evaluate(heads, eval_data, embed, lm_head, args.micro_batch)
+            bar.write(f"step {step}: top1 " + " ".join(f"{a:.3f}" for a in acc["top1"])
+                      + " | top5 " + " ".join(f"{a:.3f}" for a in acc["top5"]))
+    bar.close()
+    summary = {"step": step, "total_steps": total, "losses": history}
+    if main_rank and step == total:
+        extra = {"train": {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "steps": total,
+                           "positions": len(data), "processes": world, "seconds": round(time.perf_counter() - started, 1)}}
+        if eval_data is not None:
+            extra["eval"] = evaluate(heads, eval_data, embed, lm_head, args.micro_batch)
+        save_medusa(args.out / "heads", heads, model, extra)
+        print(json.dumps(extra.get("eval", {}), indent=None)[:2000])
+        print(f"saved heads to {args.out / 'heads'}")
+        summary.update(extra)
+    if world > 1:
+        dist.destroy_process_group()
+    return summary
+
+
+if __name__ == "__main__":
+    main()
