@@ -100,10 +100,10 @@ def select_questions(args: argparse.Namespace) -> list[Question]:
     return stratified_subset(pool, min(DEFAULT_QUESTIONS, len(pool)) if args.questions is None else args.questions)
 
 
-def drafter_options(name: str, args: argparse.Namespace) -> dict:
-    """--heads/--tree for the drafters whose constructors take them."""
+def drafter_options(name: str, args: argparse.Namespace, backbone: specdec.Backbone) -> dict:
+    """The backbone model, --heads and --tree for the drafters whose constructors take them."""
     params = inspect.signature(DRAFTERS[name]).parameters
-    given = {"heads": args.heads, "tree": args.tree}
+    given = {"model": backbone.model, "heads": args.heads, "tree": args.tree}
     return {k: v for k, v in given.items() if v is not None and k in params}
 
 
@@ -129,7 +129,7 @@ def hf_generate(model: torch.nn.Module, stop_ids: list[int], prompt_lookup: int 
 
 def specdec_generate(backbone: specdec.Backbone, name: str, args: argparse.Namespace) -> Generate:
     """Our decode loop with a registered drafter; vanilla also records the top-2 logit gaps."""
-    drafter = make_drafter(name, **drafter_options(name, args))
+    drafter = make_drafter(name, **drafter_options(name, args, backbone))
 
     def run(ids: list[int], max_new_tokens: int) -> Generation:
         r = specdec.decode(backbone.model, ids, drafter, max_new_tokens, backbone.stop_ids,

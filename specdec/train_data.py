@@ -58,11 +58,16 @@ def read_records(path: str | Path) -> list[dict]:
     return records
 
 
-def head_data(path: str | Path, num_heads: int, max_positions: int | None = None) -> HeadData:
-    """All answer positions of a distilled data file (first max_positions of them), labels for num_heads heads."""
+def head_data(path: str | Path, num_heads: int, max_positions: int | None = None, labels: str = "backbone") -> HeadData:
+    """All answer positions of a data file (the first max_positions), labels for num_heads heads.
+
+    labels="backbone": the backbone's own next tokens ("target" where recorded, else the greedy answer itself);
+    labels="data": the answer's tokens."""
+    if labels not in ("backbone", "data"):
+        raise ValueError(f"labels must be 'backbone' or 'data', got {labels!r}")
     path = Path(path)
     feature_dir = path.with_suffix(".features")
-    hidden, context, labels = [], [], []
+    hidden, context, label_rows = [], [], []
     total = 0
     open_files: dict[str, object] = {}
     for rec in read_records(path):
@@ -76,17 +81,20 @@ def head_data(path: str | Path, num_heads: int, max_positions: int | None = None
         rows = open_files[f["file"]].get_tensor(f"row{f['row']}")
         if rows.shape[0] != len(ids) - 1:
             raise ValueError(f"{path}: record {rec['id']} has {rows.shape[0]} hidden states for {len(ids)} tokens")
+        nxt = ids[1:].clone()  # nxt[q]: the token after position q
+        if labels == "backbone" and "target" in rec:
+            nxt[start:] = torch.tensor(rec["target"])
         t = torch.arange(start, end)
         hidden.append(rows[start:end])
         context.append(torch.stack((ids[(t - 1).clamp(min=0)], ids[t]), dim=1))
-        ahead = t[:, None] + 2 + torch.arange(num_heads)
-        labels.append(torch.where(ahead < len(ids), ids[ahead.clamp(max=len(ids) - 1)], -100))
+        ahead = t[:, None] + 1 + torch.arange(num_heads)  # head i predicts the token after position t + 1 + i
+        label_rows.append(torch.where(ahead < len(nxt), nxt[ahead.clamp(max=len(nxt) - 1)], -100))
         total += end - start
         if max_positions is not None and total >= max_positions:
             break
     if not hidden:
         raise ValueError(f"{path} has no answer positions to train on")
-    data = HeadData(torch.cat(hidden), torch.cat(context), torch.cat(labels))
+    data = HeadData(torch.cat(hidden), torch.cat(context), torch.cat(label_rows))
     if max_positions is not None:
         data = HeadData(data.hidden[:max_positions], data.context[:max_positions], data.labels[:max_positions])
     return data

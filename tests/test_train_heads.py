@@ -79,6 +79,19 @@ def test_labels_are_the_backbones_next_tokens(distilled):
     assert data.labels[47].tolist() == nxt[len(nxt) - 48 + 1 : len(nxt) - 48 + 4]
 
 
+def test_recorded_backbone_targets_are_the_default_labels(tmp_path):
+    # teacher-forced ShareGPT records carry the backbone's argmax per answer position as "target"
+    prompt, answer, target = [5, 6, 7], [8, 9, 10, 11, 12], [20, 21, 22, 23, 24]
+    rows = [torch.randn(len(prompt) + len(answer) - 1, 4)]
+    append_records(tmp_path / "d.jsonl", "a.safetensors", [{"id": "x", "prompt": prompt, "answer": answer, "target": target}], rows)
+    backbone = head_data(tmp_path / "d.jsonl", 2)
+    text = head_data(tmp_path / "d.jsonl", 2, labels="data")
+    # position t = 2 (last prompt token): head 0 predicts the token after t + 1, head 1 the one after t + 2
+    assert backbone.labels[0].tolist() == [21, 22] and text.labels[0].tolist() == [9, 10]
+    assert backbone.labels[-1].tolist() == [24, -100] and len(backbone) == 4
+    assert torch.equal(backbone.hidden[0], rows[0][2].half())
+
+
 def test_loss_falls_and_eval_reports_every_head(distilled, tmp_path):
     tiny, model, root, _ = distilled
     out = train_heads.main(args_for(tiny, root, tmp_path / "run", "--epochs", "4", "--lr", "1e-2", "--trigram", "0"))

