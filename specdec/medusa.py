@@ -32,11 +32,14 @@ class MedusaConfig:
     num_layers: int = 1
     trigram: list[bool] = field(default_factory=list)  # per head; empty: none
     own_lm_head: bool = False  # Medusa's original layout: a trainable copy of lm_head per head
+    draft_vocab: int = 0  # >0: heads score only this many frequent tokens (FR-Spec's cut), 0: the whole vocabulary
 
     def __post_init__(self):
         if isinstance(self.trigram, bool):
             self.trigram = [self.trigram] * self.num_heads
         self.trigram = list(self.trigram) or [False] * self.num_heads
+        if not 0 <= self.draft_vocab <= self.vocab_size:
+            raise ValueError(f"draft_vocab must be in [0, {self.vocab_size}], got {self.draft_vocab}")
         if self.num_heads < 1 or self.num_layers < 0 or len(self.trigram) != self.num_heads:
             raise ValueError(f"bad Medusa config: {self.num_heads} heads, {self.num_layers} layers, trigram={self.trigram}")
 
@@ -64,7 +67,7 @@ class MedusaHead(nn.Module):
         if self.context is not None:
             nn.init.zeros_(self.context.weight)
         self.blocks = nn.Sequential(*(ResBlock(d) for _ in range(config.num_layers)))
-        self.lm_head = nn.Linear(d, config.vocab_size, bias=False) if config.own_lm_head else None
+        self.lm_head = nn.Linear(d, config.draft_vocab or config.vocab_size, bias=False) if config.own_lm_head else None
 
     def features(self, hidden: Tensor, context: Tensor | None) -> Tensor:
         if self.context is not None:
@@ -73,15 +76,23 @@ class MedusaHead(nn.Module):
 
 
 class MedusaHeads(nn.Module):
-    """K heads; forward gives logits [K, n, vocab] for n positions (backbone embeddings and lm_head passed in)."""
+    """K heads; forward gives logits [K, n, draft vocab] for n positions (backbone embeddings and lm_head passed in).
+
+    With a draft vocabulary, `vocab_ids` maps a logit's index to its token id."""
 
     def __init__(self, config: MedusaConfig):
         super().__init__()
         self.config = config
         self.heads = nn.ModuleList(MedusaHead(config, t) for t in config.trigram)
+        self.register_buffer("vocab_ids", torch.arange(config.draft_vocab or config.vocab_size))
+
+    def draft_lm_head(self, lm_head: Tensor) -> Tensor:
+        """The backbone lm_head's rows the heads score (all of them without a draft vocabulary)."""
+        return lm_head[self.vocab_ids] if self.config.draft_vocab else lm_head
 
     def forward(self, hidden: Tensor, context_ids: Tensor | None, embed: Tensor, lm_head: Tensor) -> Tensor:
-        """hidden [n, d] at positions t; context_ids [n, 2] = tokens (t-1, t), needed only by trigram heads."""
+        """hidden [n, d] at positions t; context_ids [n, 2] = tokens (t-1, t), needed only by trigram heads;
+        lm_head: draft_lm_head(backbone lm_head), taken once by the caller."""
         context = None
         if any(self.config.trigram):
             if context_ids is None:
@@ -90,13 +101,14 @@ class MedusaHeads(nn.Module):
         feats = torch.stack([h.features(hidden, context) for h in self.heads])
         if self.config.own_lm_head:
             return torch.stack([h.lm_head(f) for h, f in zip(self.heads, feats)])
-        return feats @ lm_head.T  # one matmul for all heads: the shared lm_head is read once
+        k, n, d = feats.shape
+        return F.linear(feats.reshape(k * n, d), lm_head).view(k, n, -1)  # one matmul: lm_head is read once
 
     def init_lm_heads(self, lm_head: Tensor) -> None:
-        """Start head-owned lm_heads as copies of the backbone's."""
+        """Start head-owned lm_heads as copies of the backbone's (its draft-vocabulary rows)."""
         for h in self.heads:
             if h.lm_head is not None:
-                h.lm_head.weight.data.copy_(lm_head)
+                h.lm_head.weight.data.copy_(self.draft_lm_head(lm_head))
 
 
 def save_medusa(path: str | Path, heads: MedusaHeads, model: Transformer, extra: dict | None = None) -> Path:
@@ -132,7 +144,7 @@ def load_official_medusa(path: Path, model: Transformer) -> MedusaHeads:
             for p in ("weight", "bias"):
                 ours[f"heads.{i}.blocks.{j}.linear.{p}"] = state[f"{i}.{j}.linear.{p}"]
         ours[f"heads.{i}.lm_head.weight"] = state[f"{i}.{n_layers}.weight"]
-    heads.load_state_dict(ours)
+    heads.load_state_dict({**ours, "vocab_ids": heads.vocab_ids})
     return heads
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from conftest import FAMILIES, VOCAB
 from test_decode import PROMPTS
 from specdec.decode import decode
-from specdec.drafters import MedusaDrafter, make_drafter
+from specdec.drafters import DecodeState, MedusaDrafter, make_drafter
 from specdec.medusa import MedusaConfig, MedusaHeads, load_medusa, save_medusa
 from specdec.tree import sparse_tree
 
@@ -29,12 +29,14 @@ def runners(tiny_models):
     return {f: tiny_models[f].load() for f in FAMILIES}
 
 
-def random_heads(model, num_heads: int, trigram, num_layers: int = 1, seed: int = 0, own: bool = False) -> MedusaHeads:
+def random_heads(model, num_heads: int, trigram, num_layers: int = 1, seed: int = 0, own: bool = False,
+                 draft_vocab: int = 0) -> MedusaHeads:
     torch.manual_seed(seed)
-    heads = MedusaHeads(MedusaConfig(model.args.dim, model.args.vocab_size, num_heads, num_layers, trigram, own))
+    heads = MedusaHeads(MedusaConfig(model.args.dim, model.args.vocab_size, num_heads, num_layers, trigram, own, draft_vocab))
     with torch.no_grad():
         for p in heads.parameters():
             p.normal_(0, 0.3)
+        heads.vocab_ids.copy_(torch.randperm(model.args.vocab_size)[: len(heads.vocab_ids)])
     return heads.eval()
 
 
@@ -49,6 +51,30 @@ def test_new_heads_are_the_identity(runners):
         hidden, ctx = torch.randn(5, model.args.dim), torch.randint(0, VOCAB, (5, 2))
         expect = hidden @ model.output.weight.T
         assert torch.allclose(logits_of(heads, model, hidden, ctx), expect.expand(3, -1, -1), atol=1e-5)
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_draft_vocabulary_scores_a_subset(runners, tmp_path, own):
+    model = runners["llama"]
+    full = random_heads(model, 2, [True, False], own=own)
+    cut = MedusaHeads(MedusaConfig(model.args.dim, VOCAB, 2, 1, [True, False], own, draft_vocab=40))
+    state = full.state_dict()
+    ids = torch.randperm(VOCAB)[:40]
+    if own:
+        state = {k: v[ids] if k.endswith("lm_head.weight") else v for k, v in state.items()}
+    cut.load_state_dict({**state, "vocab_ids": ids})
+    hidden, ctx = torch.randn(3, model.args.dim), torch.randint(0, VOCAB, (3, 2))
+    whole = logits_of(full, model, hidden, ctx)
+    part = cut(hidden, ctx, model.tok_embeddings.weight, cut.draft_lm_head(model.output.weight))
+    assert torch.allclose(part, whole[..., ids], atol=1e-5)
+    loaded, _ = load_medusa(save_medusa(tmp_path / "h", cut, model), model)
+    assert torch.equal(loaded.vocab_ids, ids)
+    drafter = MedusaDrafter(model, loaded, tree=5)
+    prompt = PROMPTS[2]
+    model.reset()
+    out = model.forward(torch.tensor(prompt))
+    state = DecodeState(tokens=prompt + [int(out.logits[-1].argmax())], prompt_len=len(prompt), hidden=out.hidden)
+    assert set(drafter.propose(state).tokens[1:].tolist()) <= set(ids.tolist())
 
 
 def test_layers_are_distinct_modules():
@@ -170,10 +196,10 @@ def test_sparse_tree_is_optimal(acc, n):
 
 @HYP
 @given(family=st.sampled_from(FAMILIES), p=st.integers(0, 3), seed=st.integers(0, 10**6), nodes=st.integers(1, 24),
-       trigram=st.lists(st.booleans(), min_size=1, max_size=4), own=st.booleans())
-def test_random_heads_are_lossless(tiny_models, runners, family, p, seed, nodes, trigram, own):
+       trigram=st.lists(st.booleans(), min_size=1, max_size=4), own=st.booleans(), draft_vocab=st.sampled_from([0, 7, 100]))
+def test_random_heads_are_lossless(tiny_models, runners, family, p, seed, nodes, trigram, own, draft_vocab):
     model = runners[family]
-    heads = random_heads(model, len(trigram), trigram, seed=seed, own=own)
+    heads = random_heads(model, len(trigram), trigram, seed=seed, own=own, draft_vocab=draft_vocab)
     drafter = MedusaDrafter(model, heads, tree=nodes)
     res = decode(model, PROMPTS[p], drafter, max_new_tokens=32)
     assert res.tokens == tiny_models[family].greedy(PROMPTS[p], 32)

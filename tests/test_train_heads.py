@@ -104,10 +104,10 @@ def test_loss_falls_and_eval_reports_every_head(distilled, tmp_path):
 
 def test_resume_after_a_kill_gives_the_same_heads(distilled, tmp_path):
     tiny, model, root, _ = distilled
-    whole = train_heads.main(args_for(tiny, root, tmp_path / "whole", "--epochs", "2"))
-    part = train_heads.main(args_for(tiny, root, tmp_path / "cut", "--epochs", "2", "--max-steps", "3"))
+    whole = train_heads.main(args_for(tiny, root, tmp_path / "whole", "--epochs", "2", "--draft-vocab", "200"))
+    part = train_heads.main(args_for(tiny, root, tmp_path / "cut", "--epochs", "2", "--draft-vocab", "200", "--max-steps", "3"))
     assert part["step"] == 3 and not (tmp_path / "cut" / "heads").exists()
-    rest = train_heads.main(args_for(tiny, root, tmp_path / "cut", "--epochs", "2"))  # resumes at step 2
+    rest = train_heads.main(args_for(tiny, root, tmp_path / "cut", "--epochs", "2", "--draft-vocab", "200"))  # resumes at step 2
     assert rest["step"] == whole["step"] and len(rest["losses"]) == whole["step"] - 2
     assert torch.allclose(torch.tensor(rest["losses"]), torch.tensor(whole["losses"][2:]), rtol=1e-5)
     a, _ = load_medusa(tmp_path / "whole" / "heads", model)
@@ -131,7 +131,7 @@ def test_torchrun_two_processes(distilled, tmp_path):
 def test_trained_heads_decode_losslessly(distilled, tmp_path):
     # a random tiny backbone's answers are not learnable enough for acceptance: test_real_model shows tau
     tiny, model, root, seqs = distilled
-    train_heads.main(args_for(tiny, root, tmp_path / "run", "--epochs", "3", "--trigram", "all"))
+    train_heads.main(args_for(tiny, root, tmp_path / "run", "--epochs", "3", "--trigram", "all", "--draft-vocab", "100"))
     drafter = MedusaDrafter(model, tmp_path / "run" / "heads", tree=8)
     for ids in seqs[:3]:
         prompt = ids[: len(ids) - 48]

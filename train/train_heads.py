@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-layers", type=int, default=1)
     p.add_argument("--trigram", default="none", help="'none', 'all' or head indices like 0,1")
     p.add_argument("--own-lm-head", action="store_true", help="a trainable lm_head copy per head (Medusa's layout)")
+    p.add_argument("--draft-vocab", type=int, default=0,
+                   help="heads score only the N most frequent answer tokens (0: the whole vocabulary)")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-positions", type=int, default=None, help="train on the first N answer positions")
     p.add_argument("--micro-batch", type=int, default=256, help="positions per process per forward")
@@ -85,9 +87,26 @@ def head_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (ce.view(k, n) * valid).sum(1) / valid.sum(1).clamp(min=1)
 
 
+def frequent_tokens(data: HeadData, n: int) -> torch.Tensor:
+    """The n most frequent label tokens (ties by id): the draft vocabulary."""
+    labels = data.labels[:, 0]
+    counts = torch.bincount(labels[labels >= 0], minlength=n)
+    return counts.argsort(descending=True, stable=True)[:n]
+
+
+def draft_labels(labels: torch.Tensor, heads: MedusaHeads, vocab_size: int) -> torch.Tensor:
+    """Token labels as draft-vocabulary indices; tokens outside it are ignored (no head can draft them)."""
+    if not heads.config.draft_vocab:
+        return labels
+    index = torch.full((vocab_size,), -100, dtype=torch.long, device=labels.device)
+    index[heads.vocab_ids] = torch.arange(len(heads.vocab_ids), device=labels.device)
+    return torch.where(labels >= 0, index[labels.clamp(min=0)], -100)
+
+
 @torch.no_grad()
 def evaluate(heads: MedusaHeads, data: HeadData, embed: torch.Tensor, lm_head: torch.Tensor, batch: int) -> dict:
-    """Per-head top-1/top-5 accuracy and per-rank accuracy (for sparse trees) against the backbone's tokens."""
+    """Per-head top-1/top-5 and per-rank accuracy (for sparse trees) against the backbone's tokens;
+    a token outside the draft vocabulary counts as a miss."""
     k = heads.config.num_heads
     hits = torch.zeros(k, EVAL_RANKS)
     counts = torch.zeros(k)
@@ -95,7 +114,7 @@ def evaluate(heads: MedusaHeads, data: HeadData, embed: torch.Tensor, lm_head: t
     for s in range(0, len(data), batch):
         h = data.hidden[s : s + batch].to(device, embed.dtype)
         ctx, lab = data.context[s : s + batch].to(device), data.labels[s : s + batch].to(device)
-        top = heads(h, ctx, embed, lm_head).topk(EVAL_RANKS, dim=-1).indices  # [K, n, R]
+        top = heads.vocab_ids[heads(h, ctx, embed, lm_head).topk(EVAL_RANKS, dim=-1).indices]  # [K, n, R]
         for i in range(k):
             valid = lab[:, i] != -100
             hits[i] += (top[i][valid] == lab[valid, i, None]).float().sum(0).cpu()
@@ -141,16 +160,17 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
 
     model = load_transformer(backbone_dir(args.backbone), resolve_dtype(args.dtype, device), device).requires_grad_(False)
-    embed, lm_head = model.tok_embeddings.weight, model.output.weight
-    config = MedusaConfig(model.args.dim, model.args.vocab_size, args.num_heads, args.num_layers,
-                          trigram_flags(args.trigram, args.num_heads), args.own_lm_head)
-    heads = MedusaHeads(config)
-    heads.init_lm_heads(lm_head.float().cpu())
-    heads.to(device)
-    trainable = torch.nn.parallel.DistributedDataParallel(heads) if world > 1 else heads
-
+    embed = model.tok_embeddings.weight
     data = head_data(args.data, args.num_heads, args.max_positions, args.labels)
     eval_data = head_data(args.eval_data, args.num_heads, args.eval_positions) if args.eval_data else None
+    config = MedusaConfig(model.args.dim, model.args.vocab_size, args.num_heads, args.num_layers,
+                          trigram_flags(args.trigram, args.num_heads), args.own_lm_head, args.draft_vocab)
+    heads = MedusaHeads(config)
+    if args.draft_vocab:
+        heads.vocab_ids.copy_(frequent_tokens(data, args.draft_vocab))
+    heads.init_lm_heads(model.output.weight.float().cpu())
+    heads.to(device)
+    trainable = torch.nn.parallel.DistributedDataParallel(heads) if world > 1 else heads
     per_step = args.micro_batch * args.grad_accum * world
     steps_per_epoch = len(data) // per_step
     if steps_per_epoch < 1:
@@ -162,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     ckpt = args.out / "checkpoint"
     step = load_checkpoint(ckpt, heads, opt, sched) if args.resume and ckpt.exists() else 0
+    lm_head = heads.draft_lm_head(model.output.weight)  # after resume: the checkpoint holds the draft vocabulary
     if main_rank:
         print(f"{len(data)} positions, {world} process(es), {per_step} per step, {total} steps"
               + (f", resuming at step {step}" if step else ""), flush=True)
@@ -178,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
             h = data.hidden[micro].to(device, torch.float32)
             with autocast:
                 logits = trainable(h, data.context[micro].to(device), embed, lm_head)
-            per_head = head_losses(logits, data.labels[micro].to(device))
+            per_head = head_losses(logits, draft_labels(data.labels[micro].to(device), heads, model.args.vocab_size))
             ((per_head * weights).sum() / args.grad_accum).backward()
             losses += per_head.detach() / args.grad_accum
         opt.step()

@@ -48,7 +48,7 @@ class MedusaDrafter(Drafter):
             self.heads, meta = heads, {}
         else:
             self.heads, meta = load_medusa(heads, model)
-        self.model = model
+        self.embed, self.lm_head = model.tok_embeddings.weight, self.heads.draft_lm_head(model.output.weight)
         self.choices = head_tree(tree, meta, self.heads.config.num_heads, device)
         self.shape = shape_from_parents(parents_from_choices(self.choices), device)
         self.node_head = torch.tensor([len(c) - 1 for c in self.choices], device=device)
@@ -59,9 +59,10 @@ class MedusaDrafter(Drafter):
         device = state.hidden.device
         t = state.tokens
         context = torch.tensor([[t[-3] if len(t) > 2 else t[0], t[-2]]], device=device)
-        logits = self.heads(state.hidden[-1:], context, self.model.tok_embeddings.weight, self.model.output.weight)
+        logits = self.heads(state.hidden[-1:], context, self.embed, self.lm_head)
         top = logits[:, 0].topk(self.top_k, dim=-1).indices
-        tokens = torch.cat((torch.tensor([t[-1]], device=device), top[self.node_head, self.node_rank]))
+        drafted = self.heads.vocab_ids[top[self.node_head, self.node_rank]]
+        tokens = torch.cat((torch.tensor([t[-1]], device=device), drafted))
         return Tree(tokens, self.shape)
 
 
