@@ -1,9 +1,10 @@
 """Medusa draft heads over a frozen backbone, with optional trigram conditioning; checkpoints in and out.
 
 Head i reads the backbone's final hidden state h_t and predicts token t+2+i (t+1 is the backbone's own).
-A trigram head first adds a learned projection of the embeddings of tokens t-1 and t to h_t. Unlike
-Hydra's heads, which read the embeddings of the tokens drafted before them (one head after another), these
-read only verified context, so all heads run as one batched step and the tree stays a top-k product.
+A trigram head first adds a learned projection of the embeddings of tokens t-1 and t to h_t (or, with
+trigram_tokens="pending", of t and t+1: the pending token is the backbone's own choice, known when drafting).
+Unlike Hydra's heads, which read the embeddings of the tokens drafted before them (one head after another),
+these read only verified tokens, so all heads run as one batched step and the tree stays a top-k product.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from specdec.checkpoint import load_heads, read_config, save_heads
 from specdec.model import Transformer
 
 KIND = "medusa"
+TRIGRAM_TOKENS = {"context": slice(0, 2), "pending": slice(1, 3)}  # columns of (t-1, t, t+1)
 SHIPPED = Path(__file__).parent / "weights"
 
 
@@ -33,11 +35,14 @@ class MedusaConfig:
     trigram: list[bool] = field(default_factory=list)  # per head; empty: none
     own_lm_head: bool = False  # Medusa's original layout: a trainable copy of lm_head per head
     draft_vocab: int = 0  # >0: heads score only this many frequent tokens (FR-Spec's cut), 0: the whole vocabulary
+    trigram_tokens: str = "context"  # "context": tokens (t-1, t); "pending": (t, t+1)
 
     def __post_init__(self):
         if isinstance(self.trigram, bool):
             self.trigram = [self.trigram] * self.num_heads
         self.trigram = list(self.trigram) or [False] * self.num_heads
+        if self.trigram_tokens not in TRIGRAM_TOKENS:
+            raise ValueError(f"trigram_tokens must be one of {sorted(TRIGRAM_TOKENS)}, got {self.trigram_tokens!r}")
         if not 0 <= self.draft_vocab <= self.vocab_size:
             raise ValueError(f"draft_vocab must be in [0, {self.vocab_size}], got {self.draft_vocab}")
         if self.num_heads < 1 or self.num_layers < 0 or len(self.trigram) != self.num_heads:
@@ -91,13 +96,14 @@ class MedusaHeads(nn.Module):
         return lm_head[self.vocab_ids] if self.config.draft_vocab else lm_head
 
     def forward(self, hidden: Tensor, context_ids: Tensor | None, embed: Tensor, lm_head: Tensor) -> Tensor:
-        """hidden [n, d] at positions t; context_ids [n, 2] = tokens (t-1, t), needed only by trigram heads;
+        """hidden [n, d] at positions t; context_ids [n, 3] = tokens (t-1, t, t+1), needed only by trigram heads;
         lm_head: draft_lm_head(backbone lm_head), taken once by the caller."""
         context = None
         if any(self.config.trigram):
             if context_ids is None:
-                raise ValueError("trigram heads need context_ids: the tokens at t-1 and t")
-            context = F.embedding(context_ids, embed).flatten(-2).to(hidden.dtype)
+                raise ValueError("trigram heads need context_ids: the tokens at t-1, t and t+1")
+            pair = context_ids[:, TRIGRAM_TOKENS[self.config.trigram_tokens]]
+            context = F.embedding(pair, embed).flatten(-2).to(hidden.dtype)
         feats = torch.stack([h.features(hidden, context) for h in self.heads])
         if self.config.own_lm_head:
             return torch.stack([h.lm_head(f) for h, f in zip(self.heads, feats)])

@@ -13,10 +13,11 @@ from torch import Tensor
 
 @dataclass
 class HeadData:
-    """Per answer position t: the backbone's hidden h_t, tokens (t-1, t), and head i's label (token t+2+i)."""
+    """Per answer position t: the backbone's hidden h_t, tokens (t-1, t, t+1), and head i's label (token t+2+i);
+    t+1 is the backbone's own next token, as when drafting."""
 
     hidden: Tensor  # [N, d] float16
-    context: Tensor  # [N, 2] int64
+    context: Tensor  # [N, 3] int64
     labels: Tensor  # [N, K] int64, -100 past the end of the answer
 
     def __len__(self) -> int:
@@ -86,7 +87,7 @@ def head_data(path: str | Path, num_heads: int, max_positions: int | None = None
             nxt[start:] = torch.tensor(rec["target"])
         t = torch.arange(start, end)
         hidden.append(rows[start:end])
-        context.append(torch.stack((ids[(t - 1).clamp(min=0)], ids[t]), dim=1))
+        context.append(torch.stack((ids[(t - 1).clamp(min=0)], ids[t], nxt[t]), dim=1))
         ahead = t[:, None] + 1 + torch.arange(num_heads)  # head i predicts the token after position t + 1 + i
         label_rows.append(torch.where(ahead < len(nxt), nxt[ahead.clamp(max=len(nxt) - 1)], -100))
         total += end - start

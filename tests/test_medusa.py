@@ -48,7 +48,7 @@ def test_new_heads_are_the_identity(runners):
     model = runners["llama"]
     for trigram in (False, True):
         heads = MedusaHeads(MedusaConfig(model.args.dim, VOCAB, 3, 2, trigram))
-        hidden, ctx = torch.randn(5, model.args.dim), torch.randint(0, VOCAB, (5, 2))
+        hidden, ctx = torch.randn(5, model.args.dim), torch.randint(0, VOCAB, (5, 3))
         expect = hidden @ model.output.weight.T
         assert torch.allclose(logits_of(heads, model, hidden, ctx), expect.expand(3, -1, -1), atol=1e-5)
 
@@ -63,7 +63,7 @@ def test_draft_vocabulary_scores_a_subset(runners, tmp_path, own):
     if own:
         state = {k: v[ids] if k.endswith("lm_head.weight") else v for k, v in state.items()}
     cut.load_state_dict({**state, "vocab_ids": ids})
-    hidden, ctx = torch.randn(3, model.args.dim), torch.randint(0, VOCAB, (3, 2))
+    hidden, ctx = torch.randn(3, model.args.dim), torch.randint(0, VOCAB, (3, 3))
     whole = logits_of(full, model, hidden, ctx)
     part = cut(hidden, ctx, model.tok_embeddings.weight, cut.draft_lm_head(model.output.weight))
     assert torch.allclose(part, whole[..., ids], atol=1e-5)
@@ -84,13 +84,23 @@ def test_layers_are_distinct_modules():
     assert len({p.data_ptr() for b in blocks for p in b.parameters()}) == 12
 
 
-def test_trigram_heads_read_the_context_and_plain_heads_do_not(runners):
+@pytest.mark.parametrize("which", ["context", "pending"])
+def test_trigram_heads_read_their_two_tokens_and_plain_heads_none(runners, which):
     model = runners["llama"]
-    heads = random_heads(model, 2, [True, False])
+    torch.manual_seed(0)
+    heads = MedusaHeads(MedusaConfig(model.args.dim, VOCAB, 2, 1, [True, False], trigram_tokens=which))
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.normal_(0, 0.3)
     hidden = torch.randn(1, model.args.dim)
-    a = logits_of(heads, model, hidden, torch.tensor([[5, 6]]))
-    b = logits_of(heads, model, hidden, torch.tensor([[7, 6]]))
-    assert not torch.allclose(a[0], b[0]) and torch.equal(a[1], b[1])
+    base = logits_of(heads, model, hidden, torch.tensor([[5, 6, 8]]))
+    read = (0, 1) if which == "context" else (1, 2)
+    for col in range(3):
+        ctx = torch.tensor([[5, 6, 8]])
+        ctx[0, col] = 9
+        other = logits_of(heads, model, hidden, ctx)
+        assert torch.equal(other[1], base[1])
+        assert torch.allclose(other[0], base[0]) == (col not in read)
     with pytest.raises(ValueError, match="context_ids"):
         logits_of(heads, model, hidden, None)
 
@@ -100,7 +110,7 @@ def test_save_load_round_trip_and_wrong_backbone(runners, tmp_path):
     heads = random_heads(model, 3, [True, False, True], num_layers=2)
     path = save_medusa(tmp_path / "h", heads, model, {"eval": {"rank_accuracy": [[0.5, 0.1]] * 3}})
     loaded, meta = load_medusa(path, model)
-    hidden, ctx = torch.randn(4, model.args.dim), torch.randint(0, VOCAB, (4, 2))
+    hidden, ctx = torch.randn(4, model.args.dim), torch.randint(0, VOCAB, (4, 3))
     assert torch.equal(logits_of(heads, model, hidden, ctx), logits_of(loaded, model, hidden, ctx))
     assert meta["eval"]["rank_accuracy"][0] == [0.5, 0.1]
     with pytest.raises(ValueError, match="different backbone"):

@@ -72,7 +72,7 @@ def test_labels_are_the_backbones_next_tokens(distilled):
     prompt_len = len(ids) - 48
     t = prompt_len - 1 + start
     assert data.labels[start].tolist() == ids[t + 2 : t + 5]
-    assert data.context[start].tolist() == ids[t - 1 : t + 1]
+    assert data.context[start].tolist() == ids[t - 1 : t + 2]
     # 47 positions per 48-token answer; the last ones have fewer labels, then the next record starts
     assert data.labels[45, 2] == -100 and data.labels[46].tolist()[1:] == [-100, -100]
     nxt = seqs[1]
@@ -90,6 +90,7 @@ def test_recorded_backbone_targets_are_the_default_labels(tmp_path):
     assert backbone.labels[0].tolist() == [21, 22] and text.labels[0].tolist() == [9, 10]
     assert backbone.labels[-1].tolist() == [24, -100] and len(backbone) == 4
     assert torch.equal(backbone.hidden[0], rows[0][2].half())
+    assert backbone.context[0].tolist() == [6, 7, 20] and text.context[0].tolist() == [6, 7, 8]  # t-1, t, t+1
 
 
 def test_loss_falls_and_eval_reports_every_head(distilled, tmp_path):
@@ -131,7 +132,8 @@ def test_torchrun_two_processes(distilled, tmp_path):
 def test_trained_heads_decode_losslessly(distilled, tmp_path):
     # a random tiny backbone's answers are not learnable enough for acceptance: test_real_model shows tau
     tiny, model, root, seqs = distilled
-    train_heads.main(args_for(tiny, root, tmp_path / "run", "--epochs", "3", "--trigram", "all", "--draft-vocab", "100"))
+    train_heads.main(args_for(tiny, root, tmp_path / "run", "--epochs", "3", "--trigram", "all", "--draft-vocab", "100",
+                              "--trigram-tokens", "pending"))
     drafter = MedusaDrafter(model, tmp_path / "run" / "heads", tree=8)
     for ids in seqs[:3]:
         prompt = ids[: len(ids) - 48]

@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-heads", type=int, default=4)
     p.add_argument("--num-layers", type=int, default=1)
     p.add_argument("--trigram", default="none", help="'none', 'all' or head indices like 0,1")
+    p.add_argument("--trigram-tokens", choices=("context", "pending"), default="context",
+                   help="context: tokens (t-1, t); pending: (t, t+1), the backbone's own next token")
     p.add_argument("--own-lm-head", action="store_true", help="a trainable lm_head copy per head (Medusa's layout)")
     p.add_argument("--draft-vocab", type=int, default=0,
                    help="heads score only the N most frequent answer tokens (0: the whole vocabulary)")
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = head_data(args.data, args.num_heads, args.max_positions, args.labels)
     eval_data = head_data(args.eval_data, args.num_heads, args.eval_positions) if args.eval_data else None
     config = MedusaConfig(model.args.dim, model.args.vocab_size, args.num_heads, args.num_layers,
-                          trigram_flags(args.trigram, args.num_heads), args.own_lm_head, args.draft_vocab)
+                          trigram_flags(args.trigram, args.num_heads), args.own_lm_head, args.draft_vocab, args.trigram_tokens)
     heads = MedusaHeads(config)
     if args.draft_vocab:
         heads.vocab_ids.copy_(frequent_tokens(data, args.draft_vocab))

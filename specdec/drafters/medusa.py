@@ -58,7 +58,7 @@ class MedusaDrafter(Drafter):
     def propose(self, state: DecodeState) -> Tree:
         device = state.hidden.device
         t = state.tokens
-        context = torch.tensor([[t[-3] if len(t) > 2 else t[0], t[-2]]], device=device)
+        context = torch.tensor([[t[-3] if len(t) > 2 else t[0], t[-2], t[-1]]], device=device)
         logits = self.heads(state.hidden[-1:], context, self.embed, self.lm_head)
         top = logits[:, 0].topk(self.top_k, dim=-1).indices
         drafted = self.heads.vocab_ids[top[self.node_head, self.node_rank]]
