@@ -125,9 +125,10 @@ def decode(
         target = out.logits.argmax(dim=-1)
         best, n_drafts, bonus = greedy_accept(tree.tokens, target, shape.paths)
         path = shape.paths[best]
-        # one device-to-host transfer per step: root, accepted count, bonus and the best path's tokens
+        # one device-to-host transfer per step: root, accepted count, bonus, the best path's tokens, every node's target
         head = torch.stack((tree.tokens[0], n_drafts.long(), bonus.long()))
-        root, n, bonus_token, *path_tokens = torch.cat((head, tree.tokens[path.clamp(min=0)])).tolist()
+        root, n, bonus_token, *rest = torch.cat((head, tree.tokens[path.clamp(min=0)], target)).tolist()
+        path_tokens, targets = rest[: path.shape[0]], rest[path.shape[0] :]
         if root != state.tokens[-1]:
             raise RuntimeError(f"drafter {drafter.name!r} proposed a tree whose root is not the pending token")
         accepted = path[: n + 1]
@@ -142,6 +143,7 @@ def decode(
         state.hidden = out.hidden[accepted]
         state.layers = {i: h[accepted] for i, h in out.layers.items()}
         state.accepted = accepted
+        state.tree, state.targets = tree, targets
         done = emit(new)
         if not done:
             drafter.update(state)

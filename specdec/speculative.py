@@ -1,7 +1,7 @@
 """Notebook entry points: a backbone plus a drafter, chat in, text out (streamed), statistics attached."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -9,7 +9,7 @@ import torch
 
 from specdec.backbone import Backbone, load_backbone
 from specdec.decode import DecodeStats, decode
-from specdec.drafters import Drafter, MedusaDrafter, NgramConfig, NgramDrafter, NoDrafter
+from specdec.drafters import Drafter, LookaheadConfig, LookaheadDrafter, MedusaDrafter, NgramConfig, NgramDrafter, NoDrafter
 
 
 @dataclass
@@ -97,3 +97,13 @@ class MedusaModel(SpecModel):
     def make_drafter(cls, backbone: Backbone, heads: str | Path = "medusa", tree: str | int | list = "auto") -> Drafter:
         """Medusa drafter; tree is "auto" (sparse, sized for the device), a node count or a choice list."""
         return MedusaDrafter(backbone.model, heads, tree)
+
+
+class LookaheadModel(SpecModel):
+    """Lookahead decoding (Jacobi window + n-gram pool): no training, no draft model."""
+
+    @classmethod
+    def make_drafter(cls, backbone: Backbone, **options) -> Drafter:
+        """A lookahead drafter: the backbone device's default LookaheadConfig, with `options` replacing its fields."""
+        device = backbone.model.output.weight.device
+        return LookaheadDrafter(replace(LookaheadConfig.for_device(device), **options))

@@ -68,7 +68,7 @@ def test_unknown_method_lists_available(script, name, state):
     with pytest.raises(ValueError) as e:
         script.resolve_methods(f"hf,{name}")
     msg = str(e.value)
-    assert state in msg and "available: hf, hf-pld, vanilla, ngram" in msg
+    assert state in msg and "available: " + ", ".join(script.available_methods()) in msg
 
 
 def test_flags_reject_sampling_and_unavailable_methods(script, capsys):
@@ -76,8 +76,8 @@ def test_flags_reject_sampling_and_unavailable_methods(script, capsys):
         script.parse_args(["--temperature", "0.7"])
     assert "sampling is not implemented yet" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        script.parse_args(["--methods", "medusa"])
-    assert "'medusa' is not available yet; available: hf, hf-pld, vanilla, ngram" in capsys.readouterr().err
+        script.parse_args(["--methods", "eagle2"])
+    assert "'eagle2' is not available yet; available: hf, hf-pld, vanilla, ngram, lookahead" in capsys.readouterr().err
     assert script.parse_args(["--methods", "ngram"]).methods == ["hf", "vanilla", "ngram"]
 
 

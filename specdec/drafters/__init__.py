@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from specdec.drafters.base import DecodeState, Drafter, NoDrafter
+from specdec.drafters.lookahead import LookaheadConfig, LookaheadDrafter
 from specdec.drafters.medusa import MedusaDrafter, medusa_trigram
 from specdec.drafters.ngram import NgramConfig, NgramDrafter
 
-DRAFTERS = {"vanilla": NoDrafter, "ngram": NgramDrafter,  "medusa": MedusaDrafter, "medusa-trigram": medusa_trigram}
-PLANNED = ("lookahead", "eagle", "eagle2")
+DRAFTERS = {"vanilla": NoDrafter, "ngram": NgramDrafter, "lookahead": LookaheadDrafter,
+            "medusa": MedusaDrafter, "medusa-trigram": medusa_trigram}
+PLANNED = ("eagle", "eagle2")
 
 
 def make_drafter(name: str, **options) -> Drafter:
@@ -17,4 +19,4 @@ def make_drafter(name: str, **options) -> Drafter:
     return DRAFTERS[name](**options)
 
 
-__all__ = ["DRAFTERS", "DecodeState", "Drafter", "MedusaDrafter", "NgramConfig", "NgramDrafter", "NoDrafter", "make_drafter"]
+__all__ = ["DRAFTERS", "DecodeState", "Drafter", "MedusaDrafter", "LookaheadConfig", "LookaheadDrafter", "NgramConfig", "NgramDrafter", "NoDrafter", "make_drafter"]

@@ -12,14 +12,17 @@ from specdec.tree import Tree, shape_from_parents
 
 @dataclass
 class DecodeState:
-    """What a drafter sees: all tokens so far (the last one is pending, not yet in the cache) and the
-    final hidden states (plus requested layers) of the nodes the last step committed."""
+    """What a drafter sees: all tokens so far (the last one is pending, not yet in the cache), the final hidden
+    states (plus requested layers) of the nodes the last step committed, and the last verified tree with the
+    backbone's greedy next token at each of its nodes (`targets`, on the host: Jacobi-style drafters use them)."""
 
     tokens: list[int]
     prompt_len: int
     hidden: Tensor
     layers: dict[int, Tensor] = field(default_factory=dict)
     accepted: Tensor | None = None
+    tree: Tree | None = None
+    targets: list[int] = field(default_factory=list)
 
 
 class Drafter(ABC):

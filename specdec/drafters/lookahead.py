@@ -1,0 +1,133 @@
+"""Lookahead decoding (Fu et al., 2024): Jacobi lookahead and n-gram verification in one forward, no training.
+
+The W x (N-1) lookahead window is itself a tree hanging off the root: level 0 is a chain of W guesses, and column j
+continues below level-0 node j through levels 1..N-2. That is exactly the paper's mask (node (i, j) sees the root,
+level 0 up to column j and its own column above it) at the paper's positions (depth i + j + 1), so the shared tree
+verify / accept / commit runs it unchanged, and a Jacobi guess the backbone agrees with is accepted too. Each step
+the top level's greedy outputs close W n-grams (one per column) for the pool, and the window moves up one level.
+"""
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from specdec.drafters.base import DecodeState, Drafter
+from specdec.tree import Tree, shape_from_parents
+
+
+@dataclass
+class LookaheadConfig:
+    """W Jacobi columns (window) x N-1 levels (ngram = N), up to G pool n-grams verified per step (guesses),
+    and the pool's LRU bound on first tokens (it keeps G n-grams per first token). Defaults: 2-core CPU, fp32."""
+
+    window: int = 4
+    ngram: int = 3
+    guesses: int = 3
+    pool_keys: int = 8192
+
+    @classmethod
+    def gpu(cls) -> "LookaheadConfig":
+        """The paper's setting for 7B models on an A100: W=15, N=5, G=15."""
+        return cls(window=15, ngram=5, guesses=15)
+
+    @classmethod
+    def for_device(cls, device: torch.device | str) -> "LookaheadConfig":
+        """The GPU setting on CUDA, the CPU defaults elsewhere."""
+        return cls.gpu() if torch.device(device).type == "cuda" else cls()
+
+
+class NgramPool:
+    """N-grams keyed by their first token: per_key continuations per key, max_keys keys, least recently used evicted."""
+
+    def __init__(self, max_keys: int, per_key: int):
+        self.max_keys, self.per_key = max_keys, per_key
+        self.grams: OrderedDict[int, OrderedDict[tuple[int, ...], None]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.grams.values())
+
+    def add(self, gram: Sequence[int]) -> None:
+        """Insert (or refresh) gram[1:] under gram[0]."""
+        key, cont = gram[0], tuple(gram[1:])
+        conts = self.grams.get(key)
+        if conts is None:
+            conts = self.grams[key] = OrderedDict()
+            if len(self.grams) > self.max_keys:
+                self.grams.popitem(last=False)
+        else:
+            self.grams.move_to_end(key)
+        conts[cont] = None
+        conts.move_to_end(cont)
+        if len(conts) > self.per_key:
+            conts.popitem(last=False)
+
+    def lookup(self, key: int) -> list[tuple[int, ...]]:
+        """Continuations of `key`, most recent first; a hit counts as a use."""
+        conts = self.grams.get(key)
+        if conts is None:
+            return []
+        self.grams.move_to_end(key)
+        return list(reversed(conts))
+
+
+class LookaheadDrafter(Drafter):
+    """Lookahead decoding: the pool's n-grams starting with the pending token, merged into a trie, plus the window."""
+
+    name = "lookahead"
+
+    def __init__(self, config: LookaheadConfig | None = None):
+        if config is not None and (config.window < 1 or config.ngram < 2 or config.guesses < 1 or config.pool_keys < 1):
+            raise ValueError(f"lookahead needs window >= 1, ngram >= 2, guesses >= 1 and pool_keys >= 1, got {config}")
+        self.config = config  # None: LookaheadConfig.for_device at begin()
+        self.cfg = config or LookaheadConfig()
+        self.pool = NgramPool(self.cfg.pool_keys, self.cfg.guesses)
+        self.levels: list[list[int]] = []
+        self.tree: Tree | None = None
+        self.window_start = 0  # node index of level 0, column 0 in self.tree
+
+    def begin(self, state: DecodeState) -> None:
+        c = self.cfg = self.config or LookaheadConfig.for_device(state.hidden.device)
+        self.pool = NgramPool(c.pool_keys, c.guesses)
+        for i in range(len(state.tokens) - c.ngram + 1):
+            self.pool.add(state.tokens[i : i + c.ngram])
+        rng = random.Random(len(state.tokens))
+        self.levels = [[rng.choice(state.tokens) for _ in range(c.window)]]
+        self.tree = None
+
+    def propose(self, state: DecodeState) -> Tree:
+        parents, tokens = [-1], [state.tokens[-1]]
+        children: list[dict[int, int]] = [{}]
+        for cont in self.pool.lookup(state.tokens[-1]):
+            node = 0
+            for t in cont:
+                if t not in children[node]:
+                    children[node][t] = len(parents)
+                    parents.append(node)
+                    tokens.append(t)
+                    children.append({})
+                node = children[node][t]
+        w = self.cfg.window
+        start = self.window_start = len(parents)
+        for i, level in enumerate(self.levels):
+            parents += [start + (i - 1) * w + j if i else (start + j - 1 if j else 0) for j in range(w)]
+            tokens += level
+        device = state.hidden.device
+        self.tree = Tree(torch.tensor(tokens, device=device), shape_from_parents(parents, device))
+        return self.tree
+
+    def update(self, state: DecodeState) -> None:
+        if state.tree is not self.tree:  # the loop verified another tree (the context was nearly full)
+            return
+        w = self.cfg.window
+        top = self.window_start + (len(self.levels) - 1) * w
+        out = state.targets[top : top + w]
+        if len(self.levels) < self.cfg.ngram - 1:
+            self.levels.append(out)
+            return
+        for j in range(w):
+            self.pool.add([level[j] for level in self.levels] + [out[j]])
+        self.levels = self.levels[1:] + [out]
