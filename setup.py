@@ -9,6 +9,7 @@ setup(
     python_requires=">=3.10",
     packages=["specdec", "specdec.drafters", "specdec.kernels"],
     package_dir={"specdec": "specdec", "specdec.kernels": "kernels"},
+    package_data={"specdec": ["weights/*/*/*"]},  # shipped draft heads
     install_requires=[
         "torch>=2.5",
         "transformers>=4.56",

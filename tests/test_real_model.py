@@ -1,5 +1,5 @@
-"""The real embedded SmolLM2-135M-Instruct in fp32 on MT-Bench first turns: plain and n-gram speculative
-decoding both reproduce transformers' greedy generate token for token."""
+"""The real embedded SmolLM2-135M-Instruct in fp32 on MT-Bench first turns: plain, n-gram and Medusa
+(shipped heads, plain and trigram) speculative decoding reproduce transformers' greedy generate token for token."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,7 +11,7 @@ import torch
 
 from specdec.backbone import load_backbone
 from specdec.decode import decode
-from specdec.drafters import NgramDrafter
+from specdec.drafters import MedusaDrafter, NgramDrafter
 
 pytestmark = pytest.mark.real
 
@@ -80,6 +80,19 @@ def test_ngram_decode_equals_hf_generate(smol, cases):
         steps += res.stats.steps
         print(f"question {qid}: {len(ref)} tokens, n-gram tau {res.stats.tau:.2f}")
     assert emitted / steps > 1.2, f"prompt lookup accepted almost nothing on MT-Bench (tau {emitted / steps:.2f})"
+
+
+@pytest.mark.parametrize("variant", ["medusa", "medusa-trigram"])
+def test_medusa_with_shipped_heads_equals_hf_generate(smol, cases, variant):
+    drafter = MedusaDrafter(smol.model, variant)
+    emitted = steps = 0
+    for qid, ids, ref in cases:
+        res = decode(smol.model, ids, drafter, max_new_tokens=NEW_TOKENS, stop_ids=smol.stop_ids)
+        assert res.tokens == ref, f"question {qid}: first difference at {_first_diff(res.tokens, ref)}"
+        emitted += sum(res.stats.accepted)
+        steps += res.stats.steps
+    print(f"{variant}: tau {emitted / steps:.2f}")
+    assert emitted / steps > 1.3, f"shipped {variant} heads accepted almost nothing (tau {emitted / steps:.2f})"
 
 
 def _first_diff(a: list[int], b: list[int]) -> int:
