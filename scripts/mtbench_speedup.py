@@ -1,6 +1,8 @@
 """MT-Bench speedup: each method's tok/s, speedup over transformers `generate`, tau and lossless identity.
 
-All methods run in one process, interleaved question by question, greedy, batch 1, same dtype.
+All methods run in one process, interleaved question by question, batch 1, same dtype; greedy by default.
+With --temperature > 0 every method samples (hf: generate(do_sample=True), same temperature/top-p/top-k) and
+identity is n/a; --lossy-typical-acceptance switches the drafters to Medusa's typical acceptance (rows say LOSSY).
     python scripts/mtbench_speedup.py --questions 8 --max-new-tokens 64 --out /tmp/mtb
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from specdec.data import Question, copy_prompts, load_mtbench, stratified_subset
 from specdec.drafters import DRAFTERS, PLANNED, make_drafter
 from specdec.metrics import (PEAK_MEM_MEANING, TurnRecord, markdown, peak_memory_mb, reset_peak_memory, summarize,
                              write_results)
+from specdec.sampling import SamplingConfig
 
 BASELINE, REFERENCE = "hf", "vanilla"
 HF_METHODS = {"hf": None, "hf-pld": 10}  # name -> transformers prompt_lookup_num_tokens
@@ -45,7 +48,7 @@ Generate = Callable[[list[int], int], Generation]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line flags, with --methods resolved to a list; sampling is rejected until it is implemented."""
+    """Command-line flags, with --methods resolved to a list."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default=None, help="local Hugging Face directory (default: embedded SmolLM2-135M)")
     p.add_argument("--heads", default=None, help="trained draft heads, for drafters that take them")
@@ -55,16 +58,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--all", action="store_true", help="every question")
     p.add_argument("--turns", type=int, choices=(1, 2), default=1, help="2 adds second turns after the method's own first answer")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="only 0 (greedy) is supported")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sampling")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
+    p.add_argument("--top-k", type=int, default=0, help="top-k sampling (0: off)")
+    p.add_argument("--lossy-typical-acceptance", action="store_true",
+                   help="Medusa's typical acceptance for the drafters (LOSSY: not plain sampling's distribution)")
     p.add_argument("--tree", default=None, help="tree for drafters that take one")
     p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="torch seed (hf sampling) and our samplers' seed")
     p.add_argument("--out", default="results/mtbench", help="output directory")
     args = p.parse_args(argv)
-    if args.temperature != 0:
-        p.error(f"--temperature {args.temperature}: sampling is not implemented yet; use --temperature 0 (greedy)")
+    try:
+        sampling_config(args)
+    except ValueError as e:
+        p.error(str(e))
+    if args.lossy_typical_acceptance and args.temperature == 0:
+        p.error("--lossy-typical-acceptance needs --temperature > 0")
     if args.max_new_tokens < 1:
         p.error("--max-new-tokens must be at least 1")
     if args.questions is not None and args.questions < 1:
@@ -100,6 +111,17 @@ def select_questions(args: argparse.Namespace) -> list[Question]:
     return stratified_subset(pool, min(DEFAULT_QUESTIONS, len(pool)) if args.questions is None else args.questions)
 
 
+def sampling_config(args: argparse.Namespace) -> SamplingConfig:
+    """Our decode loop's sampling settings from the flags."""
+    return SamplingConfig(args.temperature, args.top_p, args.top_k, args.seed, args.lossy_typical_acceptance)
+
+
+def method_label(name: str, args: argparse.Namespace) -> str:
+    """The report row's name: drafters under typical acceptance are marked LOSSY."""
+    lossy = args.lossy_typical_acceptance and name not in HF_METHODS and name != REFERENCE
+    return f"{name} (typical, LOSSY)" if lossy else name
+
+
 def drafter_options(name: str, args: argparse.Namespace, backbone: specdec.Backbone) -> dict:
     """The backbone model, --heads and --tree for the drafters whose constructors take them."""
     params = inspect.signature(DRAFTERS[name]).parameters
@@ -107,15 +129,18 @@ def drafter_options(name: str, args: argparse.Namespace, backbone: specdec.Backb
     return {k: v for k, v in given.items() if v is not None and k in params}
 
 
-def hf_generate(model: torch.nn.Module, stop_ids: list[int], prompt_lookup: int | None) -> Generate:
-    """transformers `generate`, greedy; with prompt_lookup, its prompt-lookup decoding."""
+def hf_generate(model: torch.nn.Module, stop_ids: list[int], prompt_lookup: int | None,
+                sampling: SamplingConfig) -> Generate:
+    """transformers `generate`, greedy or sampling as `sampling` says; with prompt_lookup, its prompt-lookup decoding."""
     from transformers import GenerationConfig
 
     device = next(model.parameters()).device
 
     def run(ids: list[int], max_new_tokens: int) -> Generation:
-        cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
-                               pad_token_id=stop_ids[0], prompt_lookup_num_tokens=prompt_lookup)
+        sample = {} if sampling.greedy else dict(temperature=sampling.temperature, top_p=sampling.top_p,
+                                                  top_k=sampling.top_k)
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=not sampling.greedy, eos_token_id=stop_ids,
+                               pad_token_id=stop_ids[0], prompt_lookup_num_tokens=prompt_lookup, **sample)
         x = torch.tensor([ids], device=device)
         with torch.inference_mode():
             out = model.generate(x, attention_mask=torch.ones_like(x), generation_config=cfg)
@@ -130,10 +155,11 @@ def hf_generate(model: torch.nn.Module, stop_ids: list[int], prompt_lookup: int 
 def specdec_generate(backbone: specdec.Backbone, name: str, args: argparse.Namespace) -> Generate:
     """Our decode loop with a registered drafter; vanilla also records the top-2 logit gaps."""
     drafter = make_drafter(name, **drafter_options(name, args, backbone))
+    sampling = sampling_config(args)
 
     def run(ids: list[int], max_new_tokens: int) -> Generation:
         r = specdec.decode(backbone.model, ids, drafter, max_new_tokens, backbone.stop_ids,
-                           track_top2_gaps=name == REFERENCE)
+                           track_top2_gaps=name == REFERENCE, sampling=sampling)
         return Generation(r.tokens, r.stats.steps, sum(r.stats.accepted), r.top2_gaps)
 
     return run
@@ -145,8 +171,8 @@ def build_methods(names: list[str], backbone: specdec.Backbone, args: argparse.N
 
     dtype = backbone.model.output.weight.dtype
     hf_model = AutoModelForCausalLM.from_pretrained(backbone.path, dtype=dtype).to(args.device).eval()
-    return {n: hf_generate(hf_model, backbone.stop_ids, HF_METHODS[n]) if n in HF_METHODS
-            else specdec_generate(backbone, n, args) for n in names}
+    return {method_label(n, args): hf_generate(hf_model, backbone.stop_ids, HF_METHODS[n], sampling_config(args))
+            if n in HF_METHODS else specdec_generate(backbone, n, args) for n in names}
 
 
 def timed(generate: Generate, ids: list[int], max_new_tokens: int, device: torch.device) -> tuple[Generation, float, float]:
@@ -221,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     methods = build_methods(args.methods, backbone, args)
     t0 = time.perf_counter()
     records = run_all(methods, questions, backbone, args)
-    results = summarize(records, BASELINE, REFERENCE)
+    results = summarize(records, BASELINE, REFERENCE, identity=args.temperature == 0)
     config = {
         "flags": vars(args), "question_ids": [q.question_id for q in questions],
         "backbone_path": str(backbone.path), "dtype": str(dtype).removeprefix("torch."), "device": args.device,

@@ -1,4 +1,4 @@
-"""The one decode loop: prefill, then draft -> verify -> accept -> commit, greedy."""
+"""The one decode loop: prefill, then draft -> verify -> accept -> commit, greedy or sampling."""
 from __future__ import annotations
 
 import time
@@ -11,6 +11,7 @@ from torch import Tensor
 from specdec.drafters.base import DecodeState, Drafter, NoDrafter, root_only
 from specdec.kernels import greedy_accept
 from specdec.model import Transformer
+from specdec.sampling import SamplingConfig, sample, target_probs, tree_sample_accept, typical_accept
 
 
 @dataclass
@@ -63,8 +64,10 @@ def decode(
     stop_ids: Sequence[int] = (),
     on_tokens: Callable[[list[int]], None] | None = None,
     track_top2_gaps: bool = False,
+    sampling: SamplingConfig | None = None,
 ) -> DecodeResult:
-    """Greedy speculative decoding; the output equals plain greedy decoding token for token.
+    """Speculative decoding: greedy (sampling None or temperature 0) equals plain greedy decoding token for token;
+    with temperature > 0 the output is distributed as plain sampling's (unless typical acceptance, which is lossy).
 
     Stops at a stop id (kept in the output), after max_new_tokens, or when the context is full.
     """
@@ -80,6 +83,8 @@ def decode(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     device = model.output.weight.device
+    sampling = sampling if sampling is not None and not sampling.greedy else None
+    generator = sampling.generator(device) if sampling else None
     budget = min(max_new_tokens, model.max_seq_len - len(prompt))
     stops = set(int(s) for s in stop_ids)
     stats = DecodeStats()
@@ -101,7 +106,7 @@ def decode(
     model.reset()
     out = model.forward(torch.tensor(prompt, device=device), logits_for=slice(-1, None), hidden_layers=drafter.hidden_layers)
     model.commit(None, len(prompt))
-    first = int(out.logits[-1].argmax())
+    first = int(sample(target_probs(out.logits[-1], sampling), generator) if sampling else out.logits[-1].argmax())
     if gaps is not None:
         gaps.append(_top2_gap(out.logits[-1]))
     state = DecodeState(tokens=prompt + [first], prompt_len=len(prompt), hidden=out.hidden, layers=out.layers)
@@ -122,8 +127,13 @@ def decode(
             tree_mask=None if shape.chain else shape.mask,
             hidden_layers=drafter.hidden_layers,
         )
-        target = out.logits.argmax(dim=-1)
-        best, n_drafts, bonus = greedy_accept(tree.tokens, target, shape.paths)
+        target = out.logits.argmax(dim=-1)  # also when sampling: drafters (lookahead) use each node's argmax
+        if sampling is None:
+            best, n_drafts, bonus = greedy_accept(tree.tokens, target, shape.paths)
+        elif sampling.lossy_typical_acceptance:
+            best, n_drafts, bonus = typical_accept(tree.tokens, target_probs(out.logits, sampling), shape, sampling, generator)
+        else:
+            best, n_drafts, bonus = tree_sample_accept(tree.tokens, target_probs(out.logits, sampling), shape, generator)
         path = shape.paths[best]
         # one device-to-host transfer per step: root, accepted count, bonus, the best path's tokens, every node's target
         head = torch.stack((tree.tokens[0], n_drafts.long(), bonus.long()))

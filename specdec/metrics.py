@@ -95,8 +95,10 @@ def divergences(records: list[TurnRecord], reference: list[TurnRecord], gaps: li
     return list(found.values())
 
 
-def summarize(records: list[TurnRecord], baseline: str = "hf", reference: str = "vanilla") -> dict[str, dict]:
-    """Per-method results: tok/s, speedup vs baseline, tau, identity vs reference (reference vs baseline), peak memory."""
+def summarize(records: list[TurnRecord], baseline: str = "hf", reference: str = "vanilla",
+              identity: bool = True) -> dict[str, dict]:
+    """Per-method results: tok/s, speedup vs baseline, tau, identity vs reference (reference vs baseline), peak memory.
+    identity=False (sampled outputs, where token identity means nothing): "identical" is "n/a"."""
     by_method: dict[str, list[TurnRecord]] = defaultdict(list)
     for r in records:
         by_method[r.method].append(r)
@@ -104,13 +106,13 @@ def summarize(records: list[TurnRecord], baseline: str = "hf", reference: str = 
     out = {}
     for name, recs in by_method.items():
         divs = None
-        if name != baseline:
+        if name != baseline and identity:
             divs = divergences(recs, by_method[baseline if name == reference else reference], by_method[reference])
         out[name] = {
             "tokens_per_s": tokens_per_s(recs),
             "speedup": tokens_per_s(recs) / tokens_per_s(base),
             "tau": tau(recs),
-            "identical": None if divs is None else not divs,
+            "identical": "n/a" if not identity and name != baseline else None if divs is None else not divs,
             "divergences": divs or [],
             "peak_mem_mb": max(r.peak_mem_mb for r in recs),
             "per_category": per_category(recs, base),
@@ -134,6 +136,8 @@ def _num(x: float | None, fmt: str) -> str:
 def _identity(m: dict) -> str:
     if m["identical"] is None:
         return "—"
+    if m["identical"] == "n/a":
+        return "n/a (sampled)"
     return "yes" if m["identical"] else f"no ({len(m['divergences'])} q)"
 
 

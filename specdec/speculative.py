@@ -10,6 +10,7 @@ import torch
 from specdec.backbone import Backbone, load_backbone
 from specdec.decode import DecodeStats, decode
 from specdec.drafters import Drafter, LookaheadConfig, LookaheadDrafter, MedusaDrafter, NgramConfig, NgramDrafter, NoDrafter
+from specdec.sampling import SamplingConfig
 
 
 @dataclass
@@ -38,7 +39,8 @@ class TextStream:
 
 
 class SpecModel:
-    """A backbone with a drafter; `generate` is lossless: greedy output equals plain greedy decoding."""
+    """A backbone with a drafter; `generate` is lossless: greedy output equals plain greedy decoding, sampled output
+    follows plain sampling's distribution (unless lossy_typical_acceptance)."""
 
     def __init__(self, backbone: Backbone, drafter: Drafter | None = None):
         self.backbone = backbone
@@ -69,15 +71,22 @@ class SpecModel:
         prompt: str | list[dict[str, str]] | list[int],
         max_new_tokens: int = 256,
         on_text: Callable[[str], None] | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        lossy_typical_acceptance: bool = False,
     ) -> Generation:
-        """Reply to a user message, a chat (list of role/content dicts) or raw token ids; on_text streams text."""
+        """Reply to a user message, a chat (list of role/content dicts) or raw token ids; on_text streams text.
+        temperature 0 is greedy; seed makes sampling reproducible; typical acceptance is LOSSY (see SamplingConfig)."""
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
             ids = prompt
         else:
             ids = self.backbone.encode_chat(prompt)
         tok = self.backbone.tokenizer
         stream = TextStream(tok, on_text) if on_text else None
-        res = decode(self.backbone.model, ids, self.drafter, max_new_tokens, self.backbone.stop_ids, stream)
+        sampling = SamplingConfig(temperature, top_p, top_k, seed, lossy_typical_acceptance)
+        res = decode(self.backbone.model, ids, self.drafter, max_new_tokens, self.backbone.stop_ids, stream, sampling=sampling)
         return Generation(tok.decode(res.tokens, skip_special_tokens=True), res.tokens, res.stats)
 
 

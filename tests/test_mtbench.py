@@ -71,10 +71,27 @@ def test_unknown_method_lists_available(script, name, state):
     assert state in msg and "available: " + ", ".join(script.available_methods()) in msg
 
 
-def test_flags_reject_sampling_and_unavailable_methods(script, capsys):
-    with pytest.raises(SystemExit):
-        script.parse_args(["--temperature", "0.7"])
-    assert "sampling is not implemented yet" in capsys.readouterr().err
+def test_sampling_flags(script, capsys):
+    args = script.parse_args(["--temperature", "0.7", "--top-p", "0.9", "--top-k", "20", "--seed", "3"])
+    cfg = script.sampling_config(args)
+    assert (cfg.temperature, cfg.top_p, cfg.top_k, cfg.seed, cfg.lossless) == (0.7, 0.9, 20, 3, True)
+    assert script.method_label("ngram", args) == "ngram"
+    typical = script.parse_args(["--temperature", "0.7", "--lossy-typical-acceptance"])
+    assert script.method_label("medusa", typical) == "medusa (typical, LOSSY)"
+    assert script.method_label("hf", typical) == "hf" and script.method_label("vanilla", typical) == "vanilla"
+    for bad, msg in ((["--lossy-typical-acceptance"], "needs --temperature > 0"), (["--temperature", "-1"], "temperature >= 0")):
+        with pytest.raises(SystemExit):
+            script.parse_args(bad)
+        assert msg in capsys.readouterr().err
+
+
+def test_summarize_sampled_records_marks_identity_na():
+    m = summarize(synthetic_records(), identity=False)
+    assert m["hf"]["identical"] is None and m["ngram"]["identical"] == "n/a" and m["ngram"]["divergences"] == []
+    assert "| ngram |" in markdown(m) and "n/a (sampled)" in markdown(m)
+
+
+def test_flags_reject_unavailable_methods(script, capsys):
     with pytest.raises(SystemExit):
         script.parse_args(["--methods", "eagle2"])
     assert "'eagle2' is not available yet; available: hf, hf-pld, vanilla, ngram, lookahead" in capsys.readouterr().err

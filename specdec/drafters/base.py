@@ -14,7 +14,8 @@ from specdec.tree import Tree, shape_from_parents
 class DecodeState:
     """What a drafter sees: all tokens so far (the last one is pending, not yet in the cache), the final hidden
     states (plus requested layers) of the nodes the last step committed, and the last verified tree with the
-    backbone's greedy next token at each of its nodes (`targets`, on the host: Jacobi-style drafters use them)."""
+    backbone's greedy next token (argmax, also when sampling) at each of its nodes (`targets`, on the host:
+    Jacobi-style drafters use them)."""
 
     tokens: list[int]
     prompt_len: int
