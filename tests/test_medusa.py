@@ -215,11 +215,20 @@ def test_random_heads_are_lossless(tiny_models, runners, family, p, seed, nodes,
     assert res.tokens == tiny_models[family].greedy(PROMPTS[p], 32)
 
 
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 1.01])
+def test_confidence_gate_is_lossless_and_gates(tiny_models, runners, threshold):
+    model = runners["qwen2"]
+    drafter = MedusaDrafter(model, random_heads(model, 3, [False, True, True], seed=3), tree=6, min_confidence=threshold)
+    res = decode(model, PROMPTS[1], drafter, max_new_tokens=32)
+    assert res.tokens == tiny_models["qwen2"].greedy(PROMPTS[1], 32)
+    assert (max(res.stats.tree_sizes) == 1) == (threshold > 1)
+
+
 def test_tree_specs(runners):
     model = runners["llama"]
     heads = random_heads(model, 2, False)
     assert MedusaDrafter(model, heads, tree="[[0], [1], [0, 0]]").choices == [(0,), (1,), (0, 0)]
-    assert len(MedusaDrafter(model, heads, tree="auto").choices) == 10
+    assert len(MedusaDrafter(model, heads, tree="auto").choices) == 7
     for bad in ("bushy", 0, "[[0, 0, 0]]", "[[1, 0]]"):
         with pytest.raises(ValueError, match="tree spec"):
             MedusaDrafter(model, heads, tree=bad)

@@ -5,25 +5,30 @@ from pathlib import Path
 
 import torch
 
-from specdec.drafters.base import DecodeState, Drafter
+from specdec.drafters.base import DecodeState, Drafter, root_only
 from specdec.medusa import MedusaHeads, load_medusa
 from specdec.model import Transformer
 from specdec.tree import Tree, parents_from_choices, parse_choices, shape_from_parents, sparse_tree
 
-# Drafted nodes per tree. CPU: a 2-core fp32 verify of k nodes costs ~1 + 0.05k plain steps, so trees stay
-# small; GPU: Medusa's 63-node size, where verification is nearly free up to ~64 nodes.
-TREE_NODES = {"cpu": 10, "cuda": 63}
+# Drafted nodes per tree. CPU (fp32, AVX2): one token runs at GEMV speed, any k >= 2 on the slower GEMM path, and
+# k = 8 is that path's cheapest bucket (shipped trigram heads, 3 MT-Bench answers, 1 thread: 4 nodes 2.1x a plain
+# step for tau 1.45, 7 nodes 1.9x for 1.51, 15 nodes 2.3x for 1.62). GPU: Medusa's 63 nodes, verification is ~free.
+TREE_NODES = {"cpu": 7, "cuda": 63}
+# Same reason: on CPU a tree only pays when head 0 is sure (0.4: 0.81x plain, 0.6: 0.88x, 0.8: 0.88x; tau 1.39/1.30/1.20).
+MIN_CONFIDENCE = {"cpu": 0.6}
 # Per-rank accuracies assumed for heads that carry no measured ones (official checkpoints).
 PRIOR_TOP = (0.60, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01, 0.01, 0.01)
 PRIOR_DECAY = 0.75
 
 
-def head_tree(tree: str | int | list, meta: dict, num_heads: int, device: torch.device) -> list[tuple[int, ...]]:
+def head_tree(tree: str | int | list, meta: dict, num_heads: int, vocab: int, device: torch.device) -> list[tuple[int, ...]]:
     """Choices from a choice list, a node count, or "auto" (this device's count), sparse-optimal for the heads."""
     if isinstance(tree, (list, tuple)) or (isinstance(tree, str) and tree.strip().startswith("[")):
         choices = parse_choices(tree)
         if max(len(c) for c in choices) > num_heads:
             raise ValueError(f"tree spec is {max(len(c) for c in choices)} deep but there are only {num_heads} heads")
+        if max(max(c) for c in choices) >= vocab:
+            raise ValueError(f"tree spec asks for rank {max(max(c) for c in choices)} of a {vocab}-token draft vocabulary")
         return choices
     if isinstance(tree, str) and tree.isdigit():
         tree = int(tree)
@@ -34,7 +39,7 @@ def head_tree(tree: str | int | list, meta: dict, num_heads: int, device: torch.
     acc = meta.get("eval", {}).get("rank_accuracy")
     if not acc:
         acc = [[p * PRIOR_DECAY**i for p in PRIOR_TOP] for i in range(num_heads)]
-    return sparse_tree(acc[:num_heads], tree)
+    return sparse_tree([row[:vocab] for row in acc[:num_heads]], tree)
 
 
 class MedusaDrafter(Drafter):
@@ -42,14 +47,17 @@ class MedusaDrafter(Drafter):
 
     name = "medusa"
 
-    def __init__(self, model: Transformer, heads: str | Path | MedusaHeads = "medusa", tree: str | int | list = "auto"):
+    def __init__(self, model: Transformer, heads: str | Path | MedusaHeads = "medusa", tree: str | int | list = "auto",
+                 min_confidence: float | None = None):
         device = model.output.weight.device
+        # where a 1-token verify is much cheaper than any tree (CPU), draft only when head 0 is confident
+        self.min_confidence = MIN_CONFIDENCE.get(device.type, 0.0) if min_confidence is None else min_confidence
         if isinstance(heads, MedusaHeads):
             self.heads, meta = heads, {}
         else:
             self.heads, meta = load_medusa(heads, model)
         self.embed, self.lm_head = model.tok_embeddings.weight, self.heads.draft_lm_head(model.output.weight)
-        self.choices = head_tree(tree, meta, self.heads.config.num_heads, device)
+        self.choices = head_tree(tree, meta, self.heads.config.num_heads, len(self.heads.vocab_ids), device)
         self.shape = shape_from_parents(parents_from_choices(self.choices), device)
         self.node_head = torch.tensor([len(c) - 1 for c in self.choices], device=device)
         self.node_rank = torch.tensor([c[-1] for c in self.choices], device=device)
@@ -60,14 +68,17 @@ class MedusaDrafter(Drafter):
         t = state.tokens
         context = torch.tensor([[t[-3] if len(t) > 2 else t[0], t[-2], t[-1]]], device=device)
         logits = self.heads(state.hidden[-1:], context, self.embed, self.lm_head)
+        if self.min_confidence > 0 and float(logits[0, 0].softmax(-1).max()) < self.min_confidence:
+            return root_only(state)
         top = logits[:, 0].topk(self.top_k, dim=-1).indices
         drafted = self.heads.vocab_ids[top[self.node_head, self.node_rank]]
         tokens = torch.cat((torch.tensor([t[-1]], device=device), drafted))
         return Tree(tokens, self.shape)
 
 
-def medusa_trigram(model: Transformer, heads: str | Path | MedusaHeads = "medusa-trigram", tree: str | int | list = "auto") -> MedusaDrafter:
+def medusa_trigram(model: Transformer, heads: str | Path | MedusaHeads = "medusa-trigram", tree: str | int | list = "auto",
+                   min_confidence: float | None = None) -> MedusaDrafter:
     """The trigram-conditioned variant with its shipped heads by default."""
-    drafter = MedusaDrafter(model, heads, tree)
+    drafter = MedusaDrafter(model, heads, tree, min_confidence)
     drafter.name = "medusa-trigram"
     return drafter
