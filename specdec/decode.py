@@ -66,11 +66,8 @@ def decode(
     track_top2_gaps: bool = False,
     sampling: SamplingConfig | None = None,
 ) -> DecodeResult:
-    """Speculative decoding: greedy (sampling None or temperature 0) equals plain greedy decoding token for token;
-    with temperature > 0 the output is distributed as plain sampling's (unless typical acceptance, which is lossy).
-
-    Stops at a stop id (kept in the output), after max_new_tokens, or when the context is full.
-    """
+    """Speculative decoding: greedy (no sampling / temperature 0) is plain greedy token for token, sampling is plain
+    sampling in distribution (unless lossy typical acceptance). Stops at a stop id (kept), max_new_tokens, full context."""
     drafter = drafter or NoDrafter()
     prompt = [int(t) for t in prompt_ids]
     if not prompt:
@@ -131,9 +128,11 @@ def decode(
         if sampling is None:
             best, n_drafts, bonus = greedy_accept(tree.tokens, target, shape.paths)
         elif sampling.lossy_typical_acceptance:
-            best, n_drafts, bonus = typical_accept(tree.tokens, target_probs(out.logits, sampling), shape, sampling, generator)
+            best, n_drafts, bonus = typical_accept(tree.tokens, target_probs(out.logits, sampling), shape, sampling,
+                                                   generator)
         else:
-            best, n_drafts, bonus = tree_sample_accept(tree.tokens, target_probs(out.logits, sampling), shape, generator)
+            best, n_drafts, bonus = tree_sample_accept(tree.tokens, target_probs(out.logits, sampling), shape,
+                                                       generator)
         path = shape.paths[best]
         # one device-to-host transfer per step: root, accepted count, bonus, the best path's tokens, every node's target
         head = torch.stack((tree.tokens[0], n_drafts.long(), bonus.long()))

@@ -22,11 +22,8 @@ from specdec.tree import TreeShape
 
 @dataclass
 class SamplingConfig:
-    """temperature (0: greedy), top_k (0: off), top_p (1: off), seed (None: fresh entropy).
-
-    lossy_typical_acceptance turns on Medusa's typical acceptance, which is LOSSY (the output distribution is not
-    plain sampling's): a draft c is accepted when p(c) > min(posterior_threshold, posterior_alpha * exp(-H(p))).
-    """
+    """temperature (0: greedy), top_k (0: off), top_p (1: off), seed (None: fresh entropy); lossy_typical_acceptance:
+    Medusa's typical acceptance, LOSSY (accept c if p(c) > min(posterior_threshold, posterior_alpha * exp(-H(p))))."""
 
     temperature: float = 0.0
     top_p: float = 1.0
@@ -98,9 +95,9 @@ def _path_to(last: Tensor, shape: TreeShape) -> tuple[Tensor, Tensor]:
     return best, n
 
 
-def tree_sample_accept(tokens: Tensor, probs: Tensor, shape: TreeShape, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """Exact (lossless) rejection sampling over a tree of deterministic drafts; probs [k, V] is each node's target.
-
+def tree_sample_accept(tokens: Tensor, probs: Tensor, shape: TreeShape,
+                       generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact (lossless) rejection sampling over a tree of deterministic drafts; probs [k, V]: each node's target.
     Returns (path row in shape.paths, accepted drafts, bonus token), like greedy_accept."""
     par, earlier = _sibling_buffers(shape.parents, str(tokens.device))
     k = tokens.shape[0]
