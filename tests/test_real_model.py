@@ -92,7 +92,7 @@ def test_medusa_with_shipped_heads_equals_hf_generate(smol, cases, variant):
         emitted += sum(res.stats.accepted)
         steps += res.stats.steps
     print(f"{variant}: tau {emitted / steps:.2f}")
-    assert emitted / steps > 1.3, f"shipped {variant} heads accepted almost nothing (tau {emitted / steps:.2f})"
+    assert emitted / steps > 1.15, f"shipped {variant} heads accepted almost nothing (tau {emitted / steps:.2f})"
 
 
 def _first_diff(a: list[int], b: list[int]) -> int:
