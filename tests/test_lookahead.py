@@ -37,10 +37,11 @@ def state_for(tokens: list[int]) -> DecodeState:
     ngram=st.integers(2, 6),
     guesses=st.integers(1, 8),
     pool_keys=st.integers(1, 64),
+    always_window=st.booleans(),
     max_new=st.integers(1, N),
 )
-def test_lookahead_is_lossless(tiny_models, runners, family, p, window, ngram, guesses, pool_keys, max_new):
-    cfg = LookaheadConfig(window=window, ngram=ngram, guesses=guesses, pool_keys=pool_keys)
+def test_lookahead_is_lossless(tiny_models, runners, family, p, window, ngram, guesses, pool_keys, always_window, max_new):
+    cfg = LookaheadConfig(window=window, ngram=ngram, guesses=guesses, pool_keys=pool_keys, always_window=always_window)
     drafter = LookaheadDrafter(cfg)
     res = decode(runners[family], PROMPTS[p], drafter, max_new_tokens=max_new)
     assert res.tokens == reference(tiny_models, family, p)[:max_new]
@@ -181,6 +182,34 @@ def test_window_ignores_a_step_that_verified_another_tree():
     assert drafter.levels == levels
 
 
+def test_no_guess_step_is_plain_unless_always_window():
+    """On the CPU default a pending token with no pool n-gram gets a plain one-node step, and the window waits."""
+    for always in (False, True):
+        drafter = LookaheadDrafter(LookaheadConfig(window=3, ngram=3, guesses=2, always_window=always))
+        tokens = [5, 6, 7, 8, 9]
+        state = state_for(tokens)
+        drafter.begin(state)
+        state.tokens.append(40)  # never seen: no n-gram starts with it
+        level0 = list(drafter.levels[0])
+        tree = drafter.propose(state)
+        state.tree, state.targets = tree, [50 + i for i in range(tree.shape.size)]
+        drafter.update(state)
+        if always:
+            assert tree.shape.size == 1 + 3 and drafter.levels == [level0, [51, 52, 53]]
+        else:
+            assert tree.shape.size == 1 and tree.tokens.tolist() == [40] and drafter.levels == [level0]
+
+
+def test_pool_learns_the_committed_text(tiny_models, runners):
+    drafter = LookaheadDrafter(LookaheadConfig(window=2, ngram=4, guesses=8, pool_keys=10_000))
+    res = decode(runners["mistral"], PROMPTS[1], drafter, max_new_tokens=30)
+    text = PROMPTS[1] + res.tokens
+    # every 4-gram up to the pending token of the last update (the final step has none) is learned
+    assert len(PROMPTS[1]) + 20 < drafter.learned <= len(text) - 3
+    for i in range(drafter.learned - 4, drafter.learned):  # the last few: not yet pushed out by later ones
+        assert tuple(text[i + 1 : i + 4]) in drafter.pool.lookup(text[i])
+
+
 # ---------------------------------------------------------------- the pool
 
 
@@ -229,7 +258,7 @@ def test_pool_bounds_hold_over_a_long_generation(tiny_models, runners):
 def test_config_defaults_and_validation():
     assert LookaheadConfig.for_device("cpu") == LookaheadConfig()
     gpu = LookaheadConfig.for_device("cuda")
-    assert (gpu.window, gpu.ngram, gpu.guesses) == (15, 5, 15)
+    assert (gpu.window, gpu.ngram, gpu.guesses, gpu.always_window) == (15, 5, 15, True)
     assert isinstance(make_drafter("lookahead"), LookaheadDrafter)
     for bad in (dict(window=0), dict(ngram=1), dict(guesses=0), dict(pool_keys=0)):
         with pytest.raises(ValueError, match="lookahead needs"):

@@ -1,4 +1,4 @@
-"""The real embedded SmolLM2-135M-Instruct in fp32 on MT-Bench first turns: plain, n-gram and Medusa
+"""The real embedded SmolLM2-135M-Instruct in fp32 on MT-Bench first turns: plain, n-gram, lookahead and Medusa
 (shipped heads, plain and trigram) speculative decoding reproduce transformers' greedy generate token for token."""
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 
 from specdec.backbone import load_backbone
 from specdec.decode import decode
-from specdec.drafters import MedusaDrafter, NgramDrafter
+from specdec.drafters import LookaheadDrafter, MedusaDrafter, NgramDrafter
+from specdec.drafters.lookahead import LookaheadConfig
 
 pytestmark = pytest.mark.real
 
@@ -80,6 +81,19 @@ def test_ngram_decode_equals_hf_generate(smol, cases):
         steps += res.stats.steps
         print(f"question {qid}: {len(ref)} tokens, n-gram tau {res.stats.tau:.2f}")
     assert emitted / steps > 1.2, f"prompt lookup accepted almost nothing on MT-Bench (tau {emitted / steps:.2f})"
+
+
+@pytest.mark.parametrize("always_window", [False, True])
+def test_lookahead_decode_equals_hf_generate(smol, cases, always_window):
+    emitted = steps = 0
+    for qid, ids, ref in cases:
+        drafter = LookaheadDrafter(LookaheadConfig(always_window=always_window))
+        res = decode(smol.model, ids, drafter, max_new_tokens=NEW_TOKENS, stop_ids=smol.stop_ids)
+        assert res.tokens == ref, f"question {qid}: first difference at {_first_diff(res.tokens, ref)}"
+        emitted += sum(res.stats.accepted)
+        steps += res.stats.steps
+    print(f"lookahead (always_window={always_window}): tau {emitted / steps:.2f}")
+    assert emitted / steps > 1.15, f"lookahead accepted almost nothing on MT-Bench (tau {emitted / steps:.2f})"
 
 
 @pytest.mark.parametrize("variant", ["medusa", "medusa-trigram"])

@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     bar.close()
     summary = {"step": step, "total_steps": total, "losses": history}
     if main_rank and step == total:
-        extra = {"train": {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "steps": total,
+        extra = {"train": {"command": shlex.join(["train/train_heads.py", *(sys.argv[1:] if argv is None else argv)]), "steps": total,
                            "positions": len(data), "processes": world, "seconds": round(time.perf_counter() - started, 1)}}
         if eval_data is not None:
             extra["eval"] = evaluate(heads, eval_data, embed, lm_head, args.micro_batch)

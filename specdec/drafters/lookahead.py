@@ -5,6 +5,7 @@ continues below level-0 node j through levels 1..N-2. That is exactly the paper'
 level 0 up to column j and its own column above it) at the paper's positions (depth i + j + 1), so the shared tree
 verify / accept / commit runs it unchanged, and a Jacobi guess the backbone agrees with is accepted too. Each step
 the top level's greedy outputs close W n-grams (one per column) for the pool, and the window moves up one level.
+The pool also learns the n-grams of the prompt and of the committed text.
 """
 from __future__ import annotations
 
@@ -15,24 +16,27 @@ from typing import Sequence
 
 import torch
 
-from specdec.drafters.base import DecodeState, Drafter
+from specdec.drafters.base import DecodeState, Drafter, root_only
 from specdec.tree import Tree, shape_from_parents
 
 
 @dataclass
 class LookaheadConfig:
-    """W Jacobi columns (window) x N-1 levels (ngram = N), up to G pool n-grams verified per step (guesses),
-    and the pool's LRU bound on first tokens (it keeps G n-grams per first token). Defaults: 2-core CPU, fp32."""
+    """W Jacobi columns (window) x N-1 levels (ngram = N), up to G pool n-grams verified per step (guesses), the
+    pool's LRU bound on first tokens (it keeps G n-grams per first token), and whether the window runs on steps with
+    no pool n-gram for the pending token (the paper's always does; the CPU default makes those plain one-node steps,
+    as any multi-node fp32 forward costs >= 1.45x a one-node one on a 2-core CPU). Defaults: that CPU."""
 
-    window: int = 4
-    ngram: int = 3
-    guesses: int = 3
+    window: int = 3
+    ngram: int = 4
+    guesses: int = 6
     pool_keys: int = 8192
+    always_window: bool = False
 
     @classmethod
     def gpu(cls) -> "LookaheadConfig":
-        """The paper's setting for 7B models on an A100: W=15, N=5, G=15."""
-        return cls(window=15, ngram=5, guesses=15)
+        """The paper's setting for 7B models on an A100: W=15, N=5, G=15, the window on every step."""
+        return cls(window=15, ngram=5, guesses=15, always_window=True)
 
     @classmethod
     def for_device(cls, device: torch.device | str) -> "LookaheadConfig":
@@ -88,20 +92,31 @@ class LookaheadDrafter(Drafter):
         self.levels: list[list[int]] = []
         self.tree: Tree | None = None
         self.window_start = 0  # node index of level 0, column 0 in self.tree
+        self.learned = 0  # state.tokens[:learned + N - 1] are in the pool
 
     def begin(self, state: DecodeState) -> None:
         c = self.cfg = self.config or LookaheadConfig.for_device(state.hidden.device)
         self.pool = NgramPool(c.pool_keys, c.guesses)
-        for i in range(len(state.tokens) - c.ngram + 1):
-            self.pool.add(state.tokens[i : i + c.ngram])
+        self.learned = 0
+        self._learn(state.tokens)
         rng = random.Random(len(state.tokens))
         self.levels = [[rng.choice(state.tokens) for _ in range(c.window)]]
         self.tree = None
 
+    def _learn(self, tokens: list[int]) -> None:
+        n = self.cfg.ngram
+        for i in range(self.learned, len(tokens) - n + 1):
+            self.pool.add(tokens[i : i + n])
+        self.learned = max(self.learned, len(tokens) - n + 1)
+
     def propose(self, state: DecodeState) -> Tree:
+        guesses = self.pool.lookup(state.tokens[-1])
+        if not guesses and not self.cfg.always_window:
+            self.tree = root_only(state)
+            return self.tree
         parents, tokens = [-1], [state.tokens[-1]]
         children: list[dict[int, int]] = [{}]
-        for cont in self.pool.lookup(state.tokens[-1]):
+        for cont in guesses:
             node = 0
             for t in cont:
                 if t not in children[node]:
@@ -120,11 +135,15 @@ class LookaheadDrafter(Drafter):
         return self.tree
 
     def update(self, state: DecodeState) -> None:
-        if state.tree is not self.tree:  # the loop verified another tree (the context was nearly full)
-            return
+        # the window ran unless this was a plain step or the loop verified another tree (the context was nearly full)
+        if state.tree is self.tree and state.tree.shape.size > 1:
+            self._jacobi_step(state.targets)
+        self._learn(state.tokens)  # last: n-grams the backbone confirmed are the freshest in the pool
+
+    def _jacobi_step(self, targets: list[int]) -> None:
         w = self.cfg.window
         top = self.window_start + (len(self.levels) - 1) * w
-        out = state.targets[top : top + w]
+        out = targets[top : top + w]
         if len(self.levels) < self.cfg.ngram - 1:
             self.levels.append(out)
             return

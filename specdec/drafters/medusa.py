@@ -68,7 +68,7 @@ class MedusaDrafter(Drafter):
         t = state.tokens
         context = torch.tensor([[t[-3] if len(t) > 2 else t[0], t[-2], t[-1]]], device=device)
         logits = self.heads(state.hidden[-1:], context, self.embed, self.lm_head)
-        if self.min_confidence > 0 and float(logits[0, 0].softmax(-1).max()) < self.min_confidence:
+        if self.min_confidence > 0 and float(logits[0, 0].detach().softmax(-1).max()) < self.min_confidence:
             return root_only(state)
         top = logits[:, 0].topk(self.top_k, dim=-1).indices
         drafted = self.heads.vocab_ids[top[self.node_head, self.node_rank]]
