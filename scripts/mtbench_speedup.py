@@ -22,7 +22,7 @@ from tqdm import tqdm
 import specdec
 from specdec.backbone import resolve_dtype
 from specdec.data import Question, copy_prompts, load_mtbench, stratified_subset
-from specdec.drafters import DRAFTERS, PLANNED, make_drafter
+from specdec.drafters import DRAFTERS, make_drafter
 from specdec.metrics import (PEAK_MEM_MEANING, TurnRecord, markdown, peak_memory_mb, reset_peak_memory, summarize,
                              write_results)
 from specdec.sampling import SamplingConfig
@@ -93,13 +93,12 @@ def available_methods() -> list[str]:
 
 
 def resolve_methods(spec: str) -> list[str]:
-    """Parse a comma list; hf and vanilla are prepended when missing, unknown or planned names raise."""
+    """Parse a comma list; hf and vanilla are prepended when missing, unknown names raise."""
     names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
     available = available_methods()
     for n in names:
         if n not in available:
-            state = "is not available yet" if n in PLANNED else "is unknown"
-            raise ValueError(f"method {n!r} {state}; available: {', '.join(available)}")
+            raise ValueError(f"method {n!r} is unknown; available: {', '.join(available)}")
     return [m for m in (BASELINE, REFERENCE) if m not in names] + names
 
 
@@ -123,9 +122,9 @@ def method_label(name: str, args: argparse.Namespace) -> str:
 
 
 def drafter_options(name: str, args: argparse.Namespace, backbone: specdec.Backbone) -> dict:
-    """The backbone model, --heads and --tree for the drafters whose constructors take them."""
+    """The backbone model, --heads (Medusa heads or an EAGLE draft) and --tree for the drafters that take them."""
     params = inspect.signature(DRAFTERS[name]).parameters
-    given = {"model": backbone.model, "heads": args.heads, "tree": args.tree}
+    given = {"model": backbone.model, "heads": args.heads, "draft": args.heads, "tree": args.tree}
     return {k: v for k, v in given.items() if v is not None and k in params}
 
 

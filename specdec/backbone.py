@@ -16,6 +16,7 @@ from torch import Tensor
 
 from specdec.chat import detect_chat_format, format_chat
 from specdec.model import ModelArgs, Transformer
+from specdec.quantize import quantize_model
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -124,24 +125,40 @@ def to_runner_state(hf: dict[str, Tensor], args: ModelArgs) -> dict[str, Tensor]
     if not args.tie_embeddings:
         out["output.weight"] = take("lm_head.weight")
     for i in range(args.n_layers):
-        p = f"model.layers.{i}."
-        q = f"layers.{i}."
-        out[q + "attention_norm.weight"] = take(p + "input_layernorm.weight")
-        out[q + "ffn_norm.weight"] = take(p + "post_attention_layernorm.weight")
-        out[q + "attention.wqkv.weight"] = torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
-        if args.qkv_bias:
-            out[q + "attention.wqkv.bias"] = torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
-        out[q + "attention.wo.weight"] = take(p + "self_attn.o_proj.weight")
-        if args.o_bias:
-            out[q + "attention.wo.bias"] = take(p + "self_attn.o_proj.bias")
-        for kind in ("weight", "bias") if args.mlp_bias else ("weight",):
-            out[q + f"feed_forward.w13.{kind}"] = torch.cat([take(p + f"mlp.gate_proj.{kind}"), take(p + f"mlp.up_proj.{kind}")])
-            out[q + f"feed_forward.w2.{kind}"] = take(p + f"mlp.down_proj.{kind}")
+        out.update(to_block_state(hf, f"model.layers.{i}.", f"layers.{i}.", args))
     return out
 
 
-def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Transformer:
-    """The lean runner with the weights of a local Hugging Face Llama/Mistral/Qwen2 directory."""
+def to_block_state(hf: dict[str, Tensor], prefix: str, out_prefix: str, args: ModelArgs,
+                   input_norm: bool = True) -> dict[str, Tensor]:
+    """One Hugging Face decoder layer's weights under the runner's Block names (EAGLE's layer has no input norm)."""
+    def take(key: str) -> Tensor:
+        if prefix + key not in hf:
+            raise ValueError(f"checkpoint lacks {prefix + key!r}: not a {args.hf_config.get('model_type', 'llama')} "
+                             "layer of this shape")
+        return hf[prefix + key]
+
+    q = out_prefix
+    out = {q + "ffn_norm.weight": take("post_attention_layernorm.weight")}
+    if input_norm:
+        out[q + "attention_norm.weight"] = take("input_layernorm.weight")
+    out[q + "attention.wqkv.weight"] = torch.cat([take(f"self_attn.{n}_proj.weight") for n in "qkv"])
+    if args.qkv_bias:
+        out[q + "attention.wqkv.bias"] = torch.cat([take(f"self_attn.{n}_proj.bias") for n in "qkv"])
+    out[q + "attention.wo.weight"] = take("self_attn.o_proj.weight")
+    if args.o_bias:
+        out[q + "attention.wo.bias"] = take("self_attn.o_proj.bias")
+    for kind in ("weight", "bias") if args.mlp_bias else ("weight",):
+        out[q + f"feed_forward.w13.{kind}"] = torch.cat([take(f"mlp.gate_proj.{kind}"), take(f"mlp.up_proj.{kind}")])
+        out[q + f"feed_forward.w2.{kind}"] = take(f"mlp.down_proj.{kind}")
+    return out
+
+
+def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                     quantize: str | None = None) -> Transformer:
+    """The lean runner with the weights of a local Hugging Face Llama/Mistral/Qwen2 directory.
+
+    quantize: None, "int8" (weight-only, per channel) or "bnb-int8" (bitsandbytes LLM.int8), one layer at a time on device."""
     path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
@@ -150,10 +167,13 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32, devic
     state = to_runner_state(read_hf_state(path), args)
     with torch.device("meta"):
         model = Transformer(args)
-    state = {k: v.to(dtype=dtype, device=device) for k, v in state.items()}
+    # quantising: the float weights stay on the CPU and reach the device one matrix at a time
+    state = {k: v.to(dtype=dtype, device="cpu" if quantize else device) for k, v in state.items()}
     model.load_state_dict(state, assign=True, strict=not args.tie_embeddings)
     if args.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
+    if quantize:
+        quantize_model(model, quantize, device)
     return model.eval()
 
 
@@ -186,12 +206,15 @@ def load_backbone(
     device: str | torch.device = "cpu",
     max_seq_len: int = 2048,
     chat_format: str = "auto",
+    quantize: str | None = None,
 ) -> Backbone:
-    """Load a backbone: None for the embedded SmolLM2-135M-Instruct, or a local Hugging Face directory."""
+    """Load a backbone: None for the embedded SmolLM2-135M-Instruct, or a local Hugging Face directory.
+
+    quantize="int8" or "bnb-int8" makes the linears int8 (activations, embeddings and KV cache stay in dtype)."""
     from transformers import AutoTokenizer
 
     path = backbone_dir(source)
-    model = load_transformer(path, resolve_dtype(dtype, device), device)
+    model = load_transformer(path, resolve_dtype(dtype, device), device, quantize)
     model.setup_cache(min(max_seq_len, model.args.max_position_embeddings))
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     fmt = detect_chat_format(tokenizer, path) if chat_format == "auto" else chat_format

@@ -15,6 +15,7 @@ from torch import Tensor
 from specdec.model import Transformer
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
+SHIPPED = Path(__file__).parent / "weights"
 _PROBE_ROWS = 8
 
 
@@ -80,3 +81,15 @@ def load_heads(path: str | Path, kind: str, model: Transformer) -> tuple[dict, d
     except (SafetensorError, OSError, RuntimeError) as e:
         raise ValueError(f"cannot read {path / WEIGHTS} (truncated or corrupt?): {e}") from e
     return meta, state
+
+
+def shipped_heads(model: Transformer, variant: str) -> Path:
+    """The draft weights shipped in the package for this backbone (matched by fingerprint)."""
+    for path in sorted(SHIPPED.glob(f"*/{variant}")):
+        try:
+            check_backbone(read_config(path)["backbone"], model, path)
+            return path
+        except ValueError:
+            continue
+    raise FileNotFoundError(f"no shipped {variant!r} weights for this backbone: train some with "
+                            "train/train_heads.py and pass their directory")

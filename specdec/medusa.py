@@ -16,12 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from specdec.checkpoint import load_heads, read_config, save_heads
+from specdec.checkpoint import load_heads, read_config, save_heads, shipped_heads
 from specdec.model import Transformer
 
 KIND = "medusa"
 TRIGRAM_TOKENS = {"context": slice(0, 2), "pending": slice(1, 3)}  # columns of (t-1, t, t+1)
-SHIPPED = Path(__file__).parent / "weights"
 
 
 @dataclass
@@ -152,20 +151,6 @@ def load_official_medusa(path: Path, model: Transformer) -> MedusaHeads:
         ours[f"heads.{i}.lm_head.weight"] = state[f"{i}.{n_layers}.weight"]
     heads.load_state_dict({**ours, "vocab_ids": heads.vocab_ids})
     return heads
-
-
-def shipped_heads(model: Transformer, variant: str) -> Path:
-    """The heads shipped in the package for this backbone (matched by fingerprint)."""
-    from specdec.checkpoint import check_backbone
-
-    for path in sorted(SHIPPED.glob(f"*/{variant}")):
-        try:
-            check_backbone(read_config(path)["backbone"], model, path)
-            return path
-        except ValueError:
-            continue
-    raise FileNotFoundError(f"no shipped {variant!r} heads for this backbone: train some with "
-                            "train/train_heads.py and pass heads=<their directory>")
 
 
 def load_medusa(path: str | Path, model: Transformer) -> tuple[MedusaHeads, dict]:

@@ -83,6 +83,14 @@ def rope_inv_freq(args: ModelArgs) -> tuple[Tensor, float]:
     return ROPE_INIT_FUNCTIONS[rope_type](hf, "cpu")
 
 
+def rope_tables(args: ModelArgs, length: int, dtype: torch.dtype, device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """cos and sin [length, head_dim] for positions 0..length-1."""
+    inv_freq, scale = rope_inv_freq(args)
+    freqs = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq.float())
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return (emb.cos() * scale).to(dtype).to(device), (emb.sin() * scale).to(dtype).to(device)
+
+
 class RMSNorm(nn.Module):
     """Llama RMSNorm, computed in fp32 like the reference."""
 
@@ -194,13 +202,9 @@ class Transformer(nn.Module):
         a = self.args
         if a.sliding_window is not None and max_seq_len > a.sliding_window:
             raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's sliding window {a.sliding_window}")
-        w = self.output.weight
+        w = self.tok_embeddings.weight  # not output: an int8 lm_head would dequantise itself to answer
         self.kv = torch.zeros(a.n_layers, 2, a.n_kv_heads, max_seq_len, a.head_dim, dtype=w.dtype, device=w.device)
-        inv_freq, scale = rope_inv_freq(a)
-        freqs = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq.float())
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.rope_cos = (emb.cos() * scale).to(w.dtype).to(w.device)
-        self.rope_sin = (emb.sin() * scale).to(w.dtype).to(w.device)
+        self.rope_cos, self.rope_sin = rope_tables(a, max_seq_len, w.dtype, w.device)
         self.max_seq_len = max_seq_len
         self.length = 0
 

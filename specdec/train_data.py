@@ -59,6 +59,22 @@ def read_records(path: str | Path) -> list[dict]:
     return records
 
 
+def records_with_hidden(path: str | Path):
+    """(record, prompt + answer ids, hidden states at every position but the last) for each record of a data file."""
+    path = Path(path)
+    feature_dir = path.with_suffix(".features")
+    open_files: dict[str, object] = {}
+    for rec in read_records(path):
+        ids = torch.tensor(rec["prompt"] + rec["answer"])
+        f = rec["features"]
+        if f["file"] not in open_files:
+            open_files[f["file"]] = safe_open(str(feature_dir / f["file"]), "pt")
+        rows = open_files[f["file"]].get_tensor(f"row{f['row']}")
+        if rows.shape[0] != len(ids) - 1:
+            raise ValueError(f"{path}: record {rec['id']} has {rows.shape[0]} hidden states for {len(ids)} tokens")
+        yield rec, ids, rows
+
+
 def head_data(path: str | Path, num_heads: int, max_positions: int | None = None, labels: str = "backbone") -> HeadData:
     """All answer positions of a data file (the first max_positions), labels for num_heads heads.
 
@@ -66,22 +82,12 @@ def head_data(path: str | Path, num_heads: int, max_positions: int | None = None
     labels="data": the answer's tokens."""
     if labels not in ("backbone", "data"):
         raise ValueError(f"labels must be 'backbone' or 'data', got {labels!r}")
-    path = Path(path)
-    feature_dir = path.with_suffix(".features")
     hidden, context, label_rows = [], [], []
     total = 0
-    open_files: dict[str, object] = {}
-    for rec in read_records(path):
-        ids = torch.tensor(rec["prompt"] + rec["answer"])
+    for rec, ids, rows in records_with_hidden(path):
         start, end = len(rec["prompt"]) - 1, len(ids) - 2  # h_t for t in [start, end): head 0's label ids[t+2] exists
         if end <= start:
             continue
-        f = rec["features"]
-        if f["file"] not in open_files:
-            open_files[f["file"]] = safe_open(str(feature_dir / f["file"]), "pt")
-        rows = open_files[f["file"]].get_tensor(f"row{f['row']}")
-        if rows.shape[0] != len(ids) - 1:
-            raise ValueError(f"{path}: record {rec['id']} has {rows.shape[0]} hidden states for {len(ids)} tokens")
         nxt = ids[1:].clone()  # nxt[q]: the token after position q
         if labels == "backbone" and "target" in rec:
             nxt[start:] = torch.tensor(rec["target"])
@@ -98,4 +104,37 @@ def head_data(path: str | Path, num_heads: int, max_positions: int | None = None
     data = HeadData(torch.cat(hidden), torch.cat(context), torch.cat(label_rows))
     if max_positions is not None:
         data = HeadData(data.hidden[:max_positions], data.context[:max_positions], data.labels[:max_positions])
+    return data
+
+
+@dataclass
+class SequenceData:
+    """Whole conversations for a feature-level draft (EAGLE): hidden states at every position but the last,
+    token ids, and prompt lengths."""
+
+    hidden: list[Tensor]  # [T_i - 1, d] float16
+    tokens: list[Tensor]  # [T_i] int64
+    prompt_len: list[int]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def answer_positions(self) -> int:
+        return sum(len(t) - p for t, p in zip(self.tokens, self.prompt_len))
+
+
+def sequence_data(path: str | Path, max_positions: int | None = None) -> SequenceData:
+    """Conversations with at least two answer tokens, up to max_positions answer tokens in all."""
+    data = SequenceData([], [], [])
+    for rec, ids, rows in records_with_hidden(path):
+        if len(rec["answer"]) < 2:
+            continue
+        data.hidden.append(rows)
+        data.tokens.append(ids)
+        data.prompt_len.append(len(rec["prompt"]))
+        if max_positions is not None and data.answer_positions >= max_positions:
+            break
+    if not data.tokens:
+        raise ValueError(f"{path} has no answers to train on")
     return data

@@ -13,7 +13,8 @@ import torch
 
 from conftest import VOCAB
 from specdec.decode import decode
-from specdec.drafters import MedusaDrafter
+from specdec.drafters import EagleDrafter, MedusaDrafter
+from specdec.eagle import load_eagle
 from specdec.medusa import load_medusa
 from specdec.train_data import append_records, head_data
 
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _train_module():
     spec = importlib.util.spec_from_file_location("train_heads", ROOT / "train" / "train_heads.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
@@ -120,13 +122,14 @@ def test_resume_after_a_kill_gives_the_same_heads(distilled, tmp_path):
 def test_torchrun_two_processes(distilled, tmp_path):
     tiny, model, root, _ = distilled
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "train" / "train_heads.py"), *args_for(tiny, root, tmp_path / "ddp", "--epochs", "1", "--micro-batch", "32")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 process(es)" in proc.stdout
-    heads, meta = load_medusa(tmp_path / "ddp" / "heads", model)
-    assert meta["train"]["processes"] == 2
+    for head, extra, load in (("medusa", ("--micro-batch", "32"), load_medusa), ("eagle", EAGLE, load_eagle)):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(ROOT / "train" / "train_heads.py"), *args_for(tiny, root, tmp_path / head, "--epochs", "1", *extra)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "2 process(es)" in proc.stdout
+        _, meta = load(tmp_path / head / ("heads" if head == "medusa" else "eagle"), model)
+        assert meta["train"]["processes"] == 2
 
 
 def test_trained_heads_decode_losslessly(distilled, tmp_path):
@@ -138,3 +141,41 @@ def test_trained_heads_decode_losslessly(distilled, tmp_path):
     for ids in seqs[:3]:
         prompt = ids[: len(ids) - 48]
         assert decode(model, prompt, drafter, max_new_tokens=48).tokens == tiny.greedy(prompt, 48)
+
+
+EAGLE = ("--head", "eagle", "--micro-batch", "4", "--lr", "3e-3", "--eval-depth", "3", "--eval-positions", "64")
+
+
+def test_eagle_loss_falls_and_eval_reports_every_depth(distilled, tmp_path):
+    tiny, model, root, _ = distilled
+    out = train_heads.main(args_for(tiny, root, tmp_path / "run", *EAGLE, "--epochs", "6", "--draft-vocab", "300"))
+    first, last = (torch.tensor(out["losses"][s]).mean(0) for s in (slice(0, 3), slice(-3, None)))
+    assert (last < 0.8 * first).all(), (first, last)  # the feature loss and the token loss
+    acc = out["eval"]
+    assert len(acc["top1"]) == 3 and acc["positions"] == 64 and acc["chain_tau"] >= 1
+    assert all(0 <= a <= b <= 1 for a, b in zip(acc["top1"], acc["top5"]))
+    draft, meta = load_eagle(tmp_path / "run" / "eagle", model)
+    assert len(draft.vocab_ids) == 300 and meta["eval"]["rank_accuracy"] == acc["rank_accuracy"]
+    for tree in ("dynamic", 6):
+        drafter = EagleDrafter(model, tmp_path / "run" / "eagle", tree=tree, verify_cost={})
+        for ids in seqs_of(distilled)[:3]:
+            prompt = ids[: len(ids) - 48]
+            assert decode(model, prompt, drafter, max_new_tokens=48).tokens == tiny.greedy(prompt, 48)
+
+
+def seqs_of(distilled) -> list[list[int]]:
+    return distilled[3]
+
+
+def test_eagle_resume_after_a_kill_gives_the_same_draft(distilled, tmp_path):
+    tiny, model, root, _ = distilled
+    run = lambda out, *x: train_heads.main(args_for(tiny, root, tmp_path / out, *EAGLE, "--epochs", "1", *x))  # noqa: E731
+    whole = run("whole")
+    assert run("cut", "--max-steps", "3")["step"] == 3 and not (tmp_path / "cut" / "eagle").exists()
+    rest = run("cut")
+    assert rest["step"] == whole["step"] and len(rest["losses"]) == whole["step"] - 2
+    assert torch.allclose(torch.tensor(rest["losses"]), torch.tensor(whole["losses"][2:]), rtol=1e-4)
+    a, _ = load_eagle(tmp_path / "whole" / "eagle", model)
+    b, _ = load_eagle(tmp_path / "cut" / "eagle", model)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-5), name

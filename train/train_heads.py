@@ -2,6 +2,7 @@
 
     python train/train_heads.py --head medusa --data data/distill_train.jsonl --eval-data data/distill_heldout.jsonl --out runs/medusa
     torchrun --nproc_per_node=2 train/train_heads.py --head medusa --trigram all ...
+    python train/train_heads.py --head eagle --data ... --out runs/eagle   # EAGLE draft layer (feature + token loss)
 
 DDP over torchrun (gloo on CPU, nccl on CUDA), bf16 autocast on CUDA, gradient accumulation, cosine schedule
 with warm-up, per-head top-1/top-5 eval, checkpoints every --save-every steps; rerun the same command after
@@ -17,7 +18,9 @@ import shlex
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -27,15 +30,18 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from specdec.backbone import backbone_dir, load_transformer, resolve_dtype  # noqa: E402
+from specdec.eagle import EagleConfig, EagleDraft, save_eagle  # noqa: E402
 from specdec.medusa import MedusaConfig, MedusaHeads, save_medusa  # noqa: E402
-from specdec.train_data import HeadData, head_data  # noqa: E402
+from specdec.model import Transformer, rope_tables  # noqa: E402
+from specdec.train_data import HeadData, head_data, sequence_data  # noqa: E402
+from specdec.train_eagle import eagle_losses, pack, rollout_accuracy  # noqa: E402
 
 EVAL_RANKS = 10
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--head", choices=("medusa",), default="medusa")
+    p.add_argument("--head", choices=("medusa", "eagle"), default="medusa")
     p.add_argument("--backbone", default=None, help="local HF directory (default: the embedded SmolLM2)")
     p.add_argument("--data", type=Path, required=True, help="gen_distill.py JSONL (hidden states beside it)")
     p.add_argument("--eval-data", type=Path, default=None, help="held-out JSONL for per-head accuracy")
@@ -50,23 +56,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--own-lm-head", action="store_true", help="a trainable lm_head copy per head (Medusa's layout)")
     p.add_argument("--draft-vocab", type=int, default=0,
                    help="heads score only the N most frequent answer tokens (0: the whole vocabulary)")
+    p.add_argument("--noise", type=float, default=0.2, help="eagle: width of the uniform noise on input features")
+    p.add_argument("--token-weight", type=float, default=0.1, help="eagle: weight of the token loss (feature loss: 1)")
+    p.add_argument("--eval-depth", type=int, default=5, help="eagle: tokens drafted ahead in evaluation")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-positions", type=int, default=None, help="train on the first N answer positions")
-    p.add_argument("--micro-batch", type=int, default=256, help="positions per process per forward")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="per process per forward: positions (medusa, default 256) or conversations (eagle, default 4)")
     p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None, help="default: 1e-3 (medusa), 3e-4 (eagle)")
     p.add_argument("--warmup", type=int, default=20, help="warm-up optimizer steps")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--loss-decay", type=float, default=0.8, help="head i's loss weight is decay**i (1: equal)")
     p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--eval-positions", type=int, default=8192)
+    p.add_argument("--eval-positions", type=int, default=8192, help="medusa: positions; eagle: rollouts (1024 at most)")
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="fp32", help="backbone weights (embeddings and lm_head) dtype")
     p.add_argument("--device", default=None)
+    p.add_argument("--quantize", choices=("int8", "bnb-int8"), default=None,
+                   help="train over the frozen int8 backbone: weight-only int8 (lm_head included) or bitsandbytes LLM.int8")
+    p.add_argument("--load-in-8bit", dest="quantize", action="store_const", const="bnb-int8", help="= --quantize bnb-int8")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this run (rerun to go on)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    eagle = args.head == "eagle"
+    args.micro_batch = args.micro_batch or (4 if eagle else 256)
+    args.lr = args.lr or (3e-4 if eagle else 1e-3)
+    return args
 
 
 def trigram_flags(spec: str, num_heads: int) -> list[bool]:
@@ -90,9 +107,8 @@ def head_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (ce.view(k, n) * valid).sum(1) / valid.sum(1).clamp(min=1)
 
 
-def frequent_tokens(data: HeadData, n: int) -> torch.Tensor:
-    """The n most frequent label tokens (ties by id): the draft vocabulary."""
-    labels = data.labels[:, 0]
+def frequent_tokens(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """The n most frequent tokens among labels (ties by id): the draft vocabulary."""
     counts = torch.bincount(labels[labels >= 0], minlength=n)
     return counts.argsort(descending=True, stable=True)[:n]
 
@@ -150,6 +166,70 @@ def load_checkpoint(path: Path, heads: torch.nn.Module, opt, sched) -> int:
     return int(state["step"])
 
 
+@dataclass
+class Task:
+    """What the shared loop trains: a module over `size` items, per-component losses of a micro-batch of item
+    indices, their weights, an evaluation and the final save."""
+
+    module: torch.nn.Module
+    size: int
+    weights: torch.Tensor
+    losses: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+    evaluate: Callable[[], dict]
+    save: Callable[[Path, dict], Path]
+
+
+def medusa_task(args: argparse.Namespace, model: Transformer, device: torch.device) -> Task:
+    """Medusa heads over cached answer positions."""
+    embed = model.tok_embeddings.weight
+    data = head_data(args.data, args.num_heads, args.max_positions, args.labels)
+    eval_data = head_data(args.eval_data, args.num_heads, args.eval_positions) if args.eval_data else None
+    config = MedusaConfig(model.args.dim, model.args.vocab_size, args.num_heads, args.num_layers,
+                          trigram_flags(args.trigram, args.num_heads), args.own_lm_head, args.draft_vocab, args.trigram_tokens)
+    heads = MedusaHeads(config)
+    if args.draft_vocab:
+        heads.vocab_ids.copy_(frequent_tokens(data.labels[:, 0], args.draft_vocab))
+    heads.init_lm_heads(model.output.weight.float().cpu())
+    heads.to(device)
+
+    def losses(trainable: torch.nn.Module, micro: torch.Tensor) -> torch.Tensor:
+        lm_head = heads.draft_lm_head(model.output.weight)  # after a resume the checkpoint's draft vocabulary
+        logits = trainable(data.hidden[micro].to(device, torch.float32), data.context[micro].to(device), embed, lm_head)
+        return head_losses(logits, draft_labels(data.labels[micro].to(device), heads, model.args.vocab_size))
+
+    return Task(heads, len(data), torch.tensor([args.loss_decay**i for i in range(args.num_heads)], device=device), losses,
+                lambda: evaluate(heads, eval_data, embed, heads.draft_lm_head(model.output.weight), args.micro_batch),
+                lambda path, extra: save_medusa(path, heads, model, extra))
+
+
+def eagle_task(args: argparse.Namespace, model: Transformer, device: torch.device) -> Task:
+    """An EAGLE draft layer over cached conversations (prompt and answer features)."""
+    embed = model.tok_embeddings.weight
+    data = sequence_data(args.data, args.max_positions)
+    eval_data = sequence_data(args.eval_data) if args.eval_data else None
+    draft = EagleDraft(EagleConfig(model.args.dim, model.args.vocab_size, args.draft_vocab), model.args)
+    if args.draft_vocab:
+        answers = torch.cat([t[p:] for t, p in zip(data.tokens, data.prompt_len)])
+        draft.vocab_ids.copy_(frequent_tokens(answers, args.draft_vocab))
+    draft.to(device)
+    cos, sin = rope_tables(model.args, max(len(t) for t in data.tokens + (eval_data.tokens if eval_data else [])) + 8,
+                           torch.float32, device)
+
+    def losses(trainable: torch.nn.Module, micro: torch.Tensor) -> torch.Tensor:
+        batch = pack(data, micro.tolist(), device, torch.float32)
+        return eagle_losses(trainable, batch, embed, draft.draft_lm_head(model.output.weight), cos, sin, args.noise)
+
+    def evaluate_draft() -> dict:
+        draft.eval()
+        out = rollout_accuracy(draft, eval_data, embed, draft.draft_lm_head(model.output.weight), cos, sin,
+                               args.eval_depth, min(args.eval_positions, 1024), args.seed)
+        draft.train()
+        return out
+
+    return Task(draft, len(data), torch.tensor([1.0, args.token_weight], device=device), losses, evaluate_draft,
+                lambda path, extra: save_eagle(path, draft, model, extra))
+
+
 def main(argv: list[str] | None = None) -> dict:
     from transformers import get_cosine_schedule_with_warmup
 
@@ -162,49 +242,40 @@ def main(argv: list[str] | None = None) -> dict:
     main_rank = rank == 0
     torch.manual_seed(args.seed)
 
-    model = load_transformer(backbone_dir(args.backbone), resolve_dtype(args.dtype, device), device).requires_grad_(False)
-    embed = model.tok_embeddings.weight
-    data = head_data(args.data, args.num_heads, args.max_positions, args.labels)
-    eval_data = head_data(args.eval_data, args.num_heads, args.eval_positions) if args.eval_data else None
-    config = MedusaConfig(model.args.dim, model.args.vocab_size, args.num_heads, args.num_layers,
-                          trigram_flags(args.trigram, args.num_heads), args.own_lm_head, args.draft_vocab, args.trigram_tokens)
-    heads = MedusaHeads(config)
-    if args.draft_vocab:
-        heads.vocab_ids.copy_(frequent_tokens(data, args.draft_vocab))
-    heads.init_lm_heads(model.output.weight.float().cpu())
-    heads.to(device)
-    trainable = torch.nn.parallel.DistributedDataParallel(heads) if world > 1 else heads
+    model = load_transformer(backbone_dir(args.backbone), resolve_dtype(args.dtype, device), device,
+                             args.quantize).requires_grad_(False)
+    task = (eagle_task if args.head == "eagle" else medusa_task)(args, model, device)
+    has_eval = args.eval_data is not None
+    trainable = torch.nn.parallel.DistributedDataParallel(task.module) if world > 1 else task.module
     per_step = args.micro_batch * args.grad_accum * world
-    steps_per_epoch = len(data) // per_step
+    steps_per_epoch = task.size // per_step
     if steps_per_epoch < 1:
-        raise SystemExit(f"{len(data)} positions cannot fill one step of {per_step}: lower --micro-batch")
+        raise SystemExit(f"{task.size} training items cannot fill one step of {per_step}: lower --micro-batch")
     total = max(1, math.ceil(args.epochs * steps_per_epoch))
-    opt = torch.optim.AdamW(heads.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    opt = torch.optim.AdamW(task.module.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, min(args.warmup, total // 2), total)
-    weights = torch.tensor([args.loss_decay**i for i in range(args.num_heads)], device=device)
 
     ckpt = args.out / "checkpoint"
-    step = load_checkpoint(ckpt, heads, opt, sched) if args.resume and ckpt.exists() else 0
-    lm_head = heads.draft_lm_head(model.output.weight)  # after resume: the checkpoint holds the draft vocabulary
+    step = load_checkpoint(ckpt, task.module, opt, sched) if args.resume and ckpt.exists() else 0
     if main_rank:
-        print(f"{len(data)} positions, {world} process(es), {per_step} per step, {total} steps"
-              + (f", resuming at step {step}" if step else ""), flush=True)
+        print(f"{task.size} {'conversations' if args.head == 'eagle' else 'positions'}, {world} process(es), "
+              f"{per_step} per step, {total} steps" + (f", resuming at step {step}" if step else ""), flush=True)
     autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     bar = tqdm(total=total, initial=step, disable=not main_rank, unit="step")
     started, history = time.perf_counter(), []
     stop_at = total if args.max_steps is None else min(total, step + args.max_steps)
+    task.module.train()
     while step < stop_at:
         epoch, within = divmod(step, steps_per_epoch)
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed + epoch))
+        order = torch.randperm(task.size, generator=torch.Generator().manual_seed(args.seed + epoch))
         batch = order[within * per_step : (within + 1) * per_step].view(args.grad_accum, world, args.micro_batch)[:, rank]
-        losses = torch.zeros(args.num_heads, device=device)
+        losses = torch.zeros(len(task.weights), device=device)
+        torch.manual_seed(args.seed * 1_000_003 + step)  # per-step randomness (EAGLE's noise): a resumed run repeats it
         for micro in batch:
-            h = data.hidden[micro].to(device, torch.float32)
             with autocast:
-                logits = trainable(h, data.context[micro].to(device), embed, lm_head)
-            per_head = head_losses(logits, draft_labels(data.labels[micro].to(device), heads, model.args.vocab_size))
-            ((per_head * weights).sum() / args.grad_accum).backward()
-            losses += per_head.detach() / args.grad_accum
+                parts = task.losses(trainable, micro)
+            ((parts * task.weights).sum() / args.grad_accum).backward()
+            losses += parts.detach() / args.grad_accum
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -214,27 +285,32 @@ def main(argv: list[str] | None = None) -> dict:
         bar.set_postfix(loss=" ".join(f"{x:.2f}" for x in losses.tolist()))
         if step % args.save_every == 0 or step == total:
             if main_rank:
-                save_checkpoint(ckpt, heads, opt, sched, step)
+                save_checkpoint(ckpt, task.module, opt, sched, step)
             if world > 1:
                 dist.barrier()
-        if eval_data is not None and main_rank and (step % args.eval_every == 0 or step == total):
-            acc = evaluate(heads, eval_data, embed, lm_head, args.micro_batch)
-            bar.write(f"step {step}: top1 " + " ".join(f"{a:.3f}" for a in acc["top1"])
-                      + " | top5 " + " ".join(f"{a:.3f}" for a in acc["top5"]))
+        if has_eval and main_rank and (step % args.eval_every == 0 or step == total):
+            bar.write(f"step {step}: " + describe(task.evaluate()))
     bar.close()
     summary = {"step": step, "total_steps": total, "losses": history}
     if main_rank and step == total:
-        extra = {"train": {"command": shlex.join(["train/train_heads.py", *(sys.argv[1:] if argv is None else argv)]), "steps": total,
-                           "positions": len(data), "processes": world, "seconds": round(time.perf_counter() - started, 1)}}
-        if eval_data is not None:
-            extra["eval"] = evaluate(heads, eval_data, embed, lm_head, args.micro_batch)
-        save_medusa(args.out / "heads", heads, model, extra)
+        extra = {"train": {"command": shlex.join(["train/train_heads.py", *(sys.argv[1:] if argv is None else argv)]),
+                           "steps": total, "items": task.size, "processes": world,
+                           "seconds": round(time.perf_counter() - started, 1)}}
+        if has_eval:
+            extra["eval"] = task.evaluate()
+        out = task.save(args.out / ("eagle" if args.head == "eagle" else "heads"), extra)
         print(json.dumps(extra.get("eval", {}), indent=None)[:2000])
-        print(f"saved heads to {args.out / 'heads'}")
+        print(f"saved {args.head} weights to {out}")
         summary.update(extra)
     if world > 1:
         dist.destroy_process_group()
     return summary
+
+
+def describe(acc: dict) -> str:
+    """One line of per-head (or per-depth) accuracies."""
+    line = "top1 " + " ".join(f"{a:.3f}" for a in acc["top1"]) + " | top5 " + " ".join(f"{a:.3f}" for a in acc["top5"])
+    return line + (f" | chain tau {acc['chain_tau']:.2f}" if "chain_tau" in acc else "")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,208 @@
+"""EAGLE drafting: the draft layer rolls features forward autoregressively over a tree, with its own KV cache.
+
+eagle (EAGLE-1): a static tree (a Medusa-style choice list: path (r1, r2, ...) = rank r_d at depth d).
+eagle2 (EAGLE-2): a dynamic tree: at each depth the top_k nodes by path log-probability are expanded, then all
+candidates are reranked and the best total_tokens - 1 kept. Either way the tree is cut to the size that maximises
+expected tokens per unit of verify cost when the device's verify cost grows with tree size (this CPU).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from specdec.drafters.base import DecodeState, Drafter, root_only
+from specdec.drafters.medusa import head_tree
+from specdec.eagle import EagleDraft, load_eagle
+from specdec.model import Transformer
+from specdec.tree import Tree, parents_from_choices, shape_from_parents
+
+# EAGLE-2 tree (depth, top_k, total_tokens): the paper's GPU setting, and a small one for this 2-core CPU.
+DYNAMIC = {"cpu": (5, 4, 16), "cuda": (6, 10, 60)}
+STATIC_NODES = {"cpu": 15, "cuda": 63}
+STATIC_DEPTH = 5
+# Verify forward time for k tree nodes relative to k = 1 (linear in between), measured with the lean runner.
+VERIFY_COST = {"cpu": {1: 1.0, 2: 1.55, 4: 1.75, 8: 1.85, 16: 2.2, 32: 3.0, 64: 4.6}}
+
+
+def cost_curve(points: dict[int, float], n: int) -> Tensor:
+    """Relative verify cost for 1..n nodes (index k - 1), linear between measured points, flat past the last."""
+    ks = sorted(points)
+    out = []
+    for k in range(1, n + 1):
+        hi = next((x for x in ks if x >= k), ks[-1])
+        lo = max((x for x in ks if x <= k), default=ks[0])
+        w = 0.0 if hi == lo else (k - lo) / (hi - lo)
+        out.append(points[lo] + w * (points[hi] - points[lo]))
+    return torch.tensor(out)
+
+
+class EagleDrafter(Drafter):
+    """EAGLE-1 (static tree) or EAGLE-2 (tree="dynamic") drafting from an EAGLE draft model."""
+
+    name = "eagle"
+
+    def __init__(self, model: Transformer, draft: str | Path | EagleDraft = "eagle", tree: str | int | list = "auto",
+                 depth: int | None = None, top_k: int | None = None, total_tokens: int | None = None,
+                 verify_cost: dict[int, float] | None = None):
+        device = model.output.weight.device
+        kind = device.type if device.type in DYNAMIC else "cuda"
+        self.model = model
+        if isinstance(draft, EagleDraft):
+            self.draft, meta = draft, {}
+        else:
+            self.draft, meta = load_eagle(draft, model)
+        self.embed = model.tok_embeddings.weight
+        self.lm_head = self.draft.draft_lm_head(model.output.weight)
+        self.vocab_ids = self.draft.vocab_ids
+        self.dynamic = tree == "dynamic"
+        if self.dynamic:
+            d, k, n = DYNAMIC[kind]
+            self.depth, self.top_k, self.total = (d if depth is None else depth, k if top_k is None else top_k,
+                                                 n if total_tokens is None else total_tokens)
+            if min(self.depth, self.top_k, self.total) < 1:
+                raise ValueError("depth, top_k and total_tokens must be at least 1")
+            self.top_k = min(self.top_k, len(self.vocab_ids))
+            self.tree_slots = self.depth * self.top_k
+        else:
+            spec = STATIC_NODES[kind] if tree == "auto" else tree
+            self.choices = head_tree(spec, meta, STATIC_DEPTH if depth is None else depth, len(self.vocab_ids), device)
+            self._plan_static()
+            self.total = len(self.choices) + 1
+            self.tree_slots = len(self.choices)
+        points = VERIFY_COST.get(device.type) if verify_cost is None else verify_cost
+        self.cost = cost_curve(points, self.total).to(device) if points else None
+        self.kv: Tensor | None = None
+        self.anc: Tensor | None = None
+        self.length = 0
+        self.last: Tensor | None = None
+
+    def _plan_static(self) -> None:
+        """Per depth d: the level's nodes that have children, and for each node one level down its (parent's row
+        among those, rank)."""
+        self.depth = max(len(c) for c in self.choices)
+        levels = [[c for c in self.choices if len(c) == d] for d in range(1, self.depth + 1)]
+        self.first_ranks = [c[0] for c in levels[0]]
+        self.expand: list[list[int]] = []
+        self.child_of: list[tuple[list[int], list[int]]] = []
+        for level, kids in zip(levels, levels[1:]):
+            pos = {c: i for i, c in enumerate(level)}
+            parents = sorted({pos[c[:-1]] for c in kids})
+            row = {p: r for r, p in enumerate(parents)}
+            self.expand.append(parents)
+            self.child_of.append(([row[pos[c[:-1]]] for c in kids], [c[-1] for c in kids]))
+
+    # ---------------------------------------------------------------- the draft cache
+
+    def begin(self, state: DecodeState) -> None:
+        size = self.model.max_seq_len + self.tree_slots
+        if self.kv is None or self.kv.shape[2] != size:
+            self.kv = self.draft.new_cache(size)
+            self.anc = torch.zeros(self.tree_slots, self.tree_slots, dtype=torch.bool, device=self.kv.device)
+        self.length = 0
+        prompt = state.tokens[: state.prompt_len + 1]
+        self._commit(state.hidden, prompt[1:])
+
+    def update(self, state: DecodeState) -> None:
+        n = state.hidden.shape[0]
+        self._commit(state.hidden, state.tokens[-n:])
+
+    def _commit(self, features: Tensor, next_tokens: list[int]) -> None:
+        """Pairs (f_j, x_{j+1}) of verified positions into the draft cache; keep the last prediction."""
+        n, start, device = len(next_tokens), self.length, features.device
+        positions = torch.arange(start, start + n, device=device)
+        mask = torch.ones(n, start + n, dtype=torch.bool, device=device)
+        mask[:, start:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        out = self.draft(features.to(self.kv.dtype), torch.tensor(next_tokens, device=device), self.embed,
+                         self.model.rope_cos[positions], self.model.rope_sin[positions], self.kv, start, mask)
+        self.length += n
+        self.last = out[-1:]
+
+    def _expand(self, feats: Tensor, tokens: Tensor, parent_slots: Tensor, written: int, depth: int) -> tuple[Tensor, Tensor]:
+        """Draft one tree level: rows (parent feature, token) at slots written.. ; returns their log-probs."""
+        n, device = tokens.shape[0], tokens.device
+        rows = self.anc[parent_slots.clamp(min=0)] & (parent_slots >= 0)[:, None]
+        rows[torch.arange(n, device=device), written + torch.arange(n, device=device)] = True
+        self.anc[written : written + n] = rows
+        mask = torch.cat((torch.ones(n, self.length, dtype=torch.bool, device=device), rows[:, : written + n]), dim=1)
+        pos = torch.full((n,), self.length + depth - 1, device=device)
+        out = self.draft(feats, tokens, self.embed, self.model.rope_cos[pos], self.model.rope_sin[pos], self.kv,
+                         self.length + written, mask)
+        return out, F.log_softmax(F.linear(out, self.lm_head).float(), dim=-1)
+
+    # ---------------------------------------------------------------- trees
+
+    def propose(self, state: DecodeState) -> Tree:
+        if self.length + self.depth > self.model.max_seq_len:
+            return root_only(state)
+        logp = F.log_softmax(F.linear(self.last, self.lm_head).float(), dim=-1)[0]
+        tokens, parents, scores = self._dynamic(logp) if self.dynamic else self._static(logp)
+        keep = scores.sort(descending=True, stable=True).indices[: self.total - 1]  # stable: parents before children
+        if self.cost is not None:  # the prefix with the most expected tokens per unit of verify cost
+            gain = 1 + torch.cat((scores.new_zeros(1), scores[keep].exp().cumsum(0)))
+            keep = keep[: int((gain / self.cost[: len(keep) + 1]).argmax())]
+        keep = keep.sort().values  # candidate order: depth by depth, parents first
+        device = state.hidden.device
+        if len(keep) == 0:
+            return root_only(state)
+        where = torch.full((len(scores) + 1,), -1, dtype=torch.long, device=device)
+        where[keep + 1] = torch.arange(1, len(keep) + 1, device=device)
+        tree_parents = where[parents[keep] + 1].clamp(min=0)
+        node_tokens = torch.cat((torch.tensor([state.tokens[-1]], device=device), tokens[keep]))
+        return Tree(node_tokens, shape_from_parents([-1] + tree_parents.tolist(), device))
+
+    def _dynamic(self, logp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """EAGLE-2 candidates: (tokens, parent candidate index or -1, path log-probability), depth by depth."""
+        k, device = self.top_k, logp.device
+        score, idx = logp.topk(k)
+        tokens, parents, scores = [self.vocab_ids[idx]], [torch.full((k,), -1, device=device)], [score]
+        feats, front, front_ids = self.last.expand(k, -1), tokens[0], torch.arange(k, device=device)
+        parent_slots, written, n = torch.full((k,), -1, device=device), 0, k
+        for depth in range(1, self.depth):
+            out, logp = self._expand(feats, front, parent_slots, written, depth)
+            slots = torch.arange(written, written + k, device=device)
+            written += k
+            child, idx = logp.topk(k, dim=-1)
+            cum = (score[:, None] + child).flatten()
+            tokens.append(self.vocab_ids[idx.flatten()])
+            parents.append(front_ids.repeat_interleave(k))
+            scores.append(cum)
+            best = cum.topk(k).indices
+            feats, front, score = out[best // k], tokens[-1][best], cum[best]
+            parent_slots, front_ids = slots[best // k], n + best
+            n += k * k
+        return torch.cat(tokens), torch.cat(parents), torch.cat(scores)
+
+    def _static(self, logp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """EAGLE-1 candidates: the static tree's nodes in choice order (depth by depth)."""
+        device = logp.device
+        top = logp.topk(max(self.first_ranks) + 1)
+        ranks = torch.tensor(self.first_ranks, device=device)
+        level_tokens, level_scores = self.vocab_ids[top.indices[ranks]], top.values[ranks]
+        feats, parent_slots = self.last.expand(len(ranks), -1), torch.full((len(ranks),), -1, device=device)
+        tokens, scores, written = [level_tokens], [level_scores], 0
+        for depth, (expand, (rows, kid_ranks)) in enumerate(zip(self.expand, self.child_of), start=1):
+            at = torch.tensor(expand, device=device)
+            out, lp = self._expand(feats[at], level_tokens[at], parent_slots[at], written, depth)
+            slots = torch.arange(written, written + len(expand), device=device)
+            written += len(expand)
+            rows_t, ranks_t = torch.tensor(rows, device=device), torch.tensor(kid_ranks, device=device)
+            top = lp.topk(max(kid_ranks) + 1, dim=-1)
+            level_tokens = self.vocab_ids[top.indices[rows_t, ranks_t]]
+            level_scores = level_scores[at][rows_t] + top.values[rows_t, ranks_t]
+            feats, parent_slots = out[rows_t], slots[rows_t]
+            tokens.append(level_tokens)
+            scores.append(level_scores)
+        parents = torch.tensor(parents_from_choices(self.choices)[1:], device=device) - 1
+        return torch.cat(tokens), parents, torch.cat(scores)
+
+
+def eagle2(model: Transformer, draft: str | Path | EagleDraft = "eagle", depth: int | None = None,
+           top_k: int | None = None, total_tokens: int | None = None,
+           verify_cost: dict[int, float] | None = None) -> EagleDrafter:
+    """EAGLE-2: the same draft model with dynamic trees."""
+    drafter = EagleDrafter(model, draft, "dynamic", depth, top_k, total_tokens, verify_cost)
+    drafter.name = "eagle2"
+    return drafter

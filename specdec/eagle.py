@@ -1,0 +1,117 @@
+"""EAGLE draft model: fc(concat(embedding of token t+1, backbone feature f_t)) -> one decoder layer shaped like the
+backbone's -> estimate of f_{t+1}, scored by the frozen lm_head; checkpoints in and out (ours and EAGLE's layout).
+
+Features are the backbone's final-norm hidden states (what EAGLE-1/2 read). The layer has no input RMSNorm, as in
+EAGLE: its input is fc's output. It keeps its own KV cache while drafting, so drafting is autoregressive.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from specdec.checkpoint import load_heads, read_config, save_heads, shipped_heads
+from specdec.model import Block, ModelArgs, Transformer
+
+KIND = "eagle"
+
+
+@dataclass
+class EagleConfig:
+    """Draft model options; the decoder layer's shape is the backbone's."""
+
+    dim: int
+    vocab_size: int
+    draft_vocab: int = 0  # >0: score only this many frequent tokens (FR-Spec's cut), 0: the whole vocabulary
+    fc_bias: bool = True
+    input_norm: bool = False  # EAGLE-1/2's draft layer skips the input RMSNorm
+
+    def __post_init__(self):
+        if not 0 <= self.draft_vocab <= self.vocab_size:
+            raise ValueError(f"draft_vocab must be in [0, {self.vocab_size}], got {self.draft_vocab}")
+
+
+class EagleDraft(nn.Module):
+    """The draft network; forward maps (features [n, d], next tokens [n]) to predicted next features [n, d]."""
+
+    def __init__(self, config: EagleConfig, args: ModelArgs):
+        super().__init__()
+        if (config.dim, config.vocab_size) != (args.dim, args.vocab_size):
+            raise ValueError(f"EAGLE config (dim {config.dim}, vocab {config.vocab_size}) does not fit a backbone "
+                             f"with dim {args.dim} and vocab {args.vocab_size}")
+        self.config = config
+        self.fc = nn.Linear(2 * config.dim, config.dim, bias=config.fc_bias)
+        self.layer = Block(args)
+        if not config.input_norm:
+            self.layer.attention_norm = nn.Identity()
+        self.register_buffer("vocab_ids", torch.arange(config.draft_vocab or config.vocab_size))
+
+    def draft_lm_head(self, lm_head: Tensor) -> Tensor:
+        """The backbone lm_head's rows the draft scores (all of them without a draft vocabulary)."""
+        return lm_head[self.vocab_ids] if self.config.draft_vocab else lm_head
+
+    def forward(self, features: Tensor, tokens: Tensor, embed: Tensor, cos: Tensor, sin: Tensor, kv: Tensor,
+                start: int, mask: Tensor | None) -> Tensor:
+        """Rows are written to kv at [start, start + n); mask [n, start + n] (None: causal from start 0)."""
+        x = self.fc(torch.cat((F.embedding(tokens, embed).to(features.dtype), features), dim=-1))
+        return self.layer(x, cos, sin, kv, start, mask)
+
+    def new_cache(self, length: int) -> Tensor:
+        """An empty KV cache [2, kv_heads, length, head_dim] for this layer."""
+        attn = self.layer.attention
+        w = self.fc.weight
+        return torch.zeros(2, attn.n_kv_heads, length, attn.head_dim, dtype=w.dtype, device=w.device)
+
+
+def save_eagle(path: str | Path, draft: EagleDraft, model: Transformer, extra: dict | None = None) -> Path:
+    """Save a draft model as safetensors + config.json (with the backbone fingerprint and any extra metadata)."""
+    return save_heads(path, KIND, asdict(draft.config), draft.state_dict(), model, extra)
+
+
+def load_official_eagle(path: Path, model: Transformer) -> EagleDraft:
+    """SafeAILab's layout: a one-layer Llama config.json + fc.* and layers.0.* weights (safetensors or .bin)."""
+    from specdec.backbone import read_hf_state, to_block_state
+
+    cfg = json.loads((path / "config.json").read_text())
+    if cfg.get("hidden_size") != model.args.dim or cfg.get("vocab_size", model.args.vocab_size) != model.args.vocab_size:
+        raise ValueError(f"EAGLE weights at {path} have hidden size {cfg.get('hidden_size')} and vocab "
+                         f"{cfg.get('vocab_size')}, this backbone {model.args.dim} and {model.args.vocab_size}: "
+                         "they belong to another backbone")
+    hf = read_hf_state(path)
+    if "fc.weight" not in hf:
+        raise ValueError(f"{path}: no 'fc.weight': not the EAGLE draft layout")
+    input_norm = "layers.0.input_layernorm.weight" in hf
+    draft = EagleDraft(EagleConfig(model.args.dim, model.args.vocab_size, fc_bias="fc.bias" in hf,
+                                   input_norm=input_norm), model.args)
+    state = {"fc.weight": hf["fc.weight"], "vocab_ids": draft.vocab_ids,
+             **to_block_state(hf, "layers.0.", "layer.", model.args, input_norm)}
+    if "fc.bias" in hf:
+        state["fc.bias"] = hf["fc.bias"]
+    try:
+        draft.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"EAGLE weights at {path} do not fit this backbone's layer shape: {e}") from e
+    return draft
+
+
+def load_eagle(path: str | Path, model: Transformer) -> tuple[EagleDraft, dict]:
+    """A draft model from our checkpoint, EAGLE's layout, or "eagle" (shipped), on the backbone's device and dtype."""
+    path = Path(path)
+    if path.name in ("default", "eagle") and not path.exists():
+        path = shipped_heads(model, "eagle")
+    meta = read_config(path)
+    if "kind" not in meta and "hidden_size" in meta:
+        draft, meta = load_official_eagle(path, model), {"kind": KIND, "source": "official"}
+    else:
+        meta, state = load_heads(path, KIND, model)
+        draft = EagleDraft(EagleConfig(**meta["config"]), model.args)
+        try:
+            draft.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"{path}: weights do not match its config.json: {e}") from e
+    w = model.output.weight
+    return draft.to(device=w.device, dtype=w.dtype).eval().requires_grad_(False), meta

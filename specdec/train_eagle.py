@@ -1,0 +1,109 @@
+"""EAGLE training pieces: packed teacher-forced batches, the feature + token loss, and rolled-out accuracy.
+
+Input j of a conversation is (f_j, x_{j+1}); its target is f_{j+1}: SmoothL1 on the feature plus 0.1 x the
+cross-entropy against the backbone's own distribution softmax(lm_head f_{j+1}), on answer positions only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from specdec.eagle import EagleDraft
+from specdec.train_data import SequenceData
+
+EVAL_RANKS = 10
+
+
+@dataclass
+class PackedBatch:
+    """Several conversations in one row set with a block-diagonal causal mask; positions restart per conversation."""
+
+    features: Tensor  # [n, d] inputs f_j
+    tokens: Tensor  # [n] inputs x_{j+1}
+    targets: Tensor  # [n, d] f_{j+1}
+    positions: Tensor  # [n]
+    mask: Tensor  # [n, n] bool
+    answer: Tensor  # [n] bool: the target predicts an answer token
+
+
+def pack(data: SequenceData, index: list[int], device: torch.device, dtype: torch.dtype) -> PackedBatch:
+    """Teacher-forced inputs and targets of the conversations `index`, on one device."""
+    feats, toks, targets, pos, answer, seq = [], [], [], [], [], []
+    for n, i in enumerate(index):
+        f, ids, p = data.hidden[i], data.tokens[i], data.prompt_len[i]
+        rows = len(ids) - 2  # inputs j = 0 .. T-3
+        feats.append(f[:-1])
+        toks.append(ids[1:-1])
+        targets.append(f[1:])
+        pos.append(torch.arange(rows))
+        answer.append(torch.arange(1, rows + 1) >= p - 1)  # h_{j+1} predicts x_{j+2}: an answer token from p - 1 on
+        seq.append(torch.full((rows,), n))
+    seq_t, pos_t = torch.cat(seq), torch.cat(pos)
+    mask = (seq_t[:, None] == seq_t[None, :]) & (pos_t[:, None] >= pos_t[None, :])
+    return PackedBatch(torch.cat(feats).to(device, dtype), torch.cat(toks).to(device), torch.cat(targets).to(device, dtype),
+                       pos_t.to(device), mask.to(device), torch.cat(answer).to(device))
+
+
+def eagle_losses(draft: torch.nn.Module, batch: PackedBatch, embed: Tensor, lm_head: Tensor, cos: Tensor, sin: Tensor,
+                 noise: float) -> Tensor:
+    """[feature SmoothL1, token cross-entropy] over answer positions; inputs get uniform noise of width `noise`."""
+    x = batch.features + (torch.rand_like(batch.features) - 0.5) * noise
+    module = draft.module if hasattr(draft, "module") else draft
+    kv = module.new_cache(x.shape[0]).to(x.dtype)
+    out = draft(x, batch.tokens, embed, cos[batch.positions], sin[batch.positions], kv, 0, batch.mask)[batch.answer]
+    target = batch.targets[batch.answer]
+    feature_loss = F.smooth_l1_loss(out.float(), target.float())
+    with torch.no_grad():
+        p = F.softmax(F.linear(target, lm_head).float(), dim=-1)
+    token_loss = -(p * F.log_softmax(F.linear(out, lm_head).float(), dim=-1)).sum(-1).mean()
+    return torch.stack((feature_loss, token_loss))
+
+
+@torch.no_grad()
+def rollout_accuracy(draft: EagleDraft, data: SequenceData, embed: Tensor, lm_head: Tensor, cos: Tensor, sin: Tensor,
+                     depth: int = 5, positions: int = 1024, seed: int = 0) -> dict:
+    """Draft `depth` tokens ahead from answer positions along the true (greedy) answer, as when decoding: per-depth
+    top-1/top-5 and rank accuracy, each conditioned on the path so far being right; out-of-vocabulary = miss."""
+    device = embed.device
+    index = torch.full((embed.shape[0],), -1, dtype=torch.long, device=device)
+    index[draft.vocab_ids] = torch.arange(len(draft.vocab_ids), device=device)
+    starts = [(i, j) for i, (ids, p) in enumerate(zip(data.tokens, data.prompt_len))
+              for j in range(max(p - 2, 0), len(ids) - 2)]  # j: last verified pair; x_{j+2} is an answer token
+    g = torch.Generator().manual_seed(seed)
+    chosen = sorted((starts[k] for k in torch.randperm(len(starts), generator=g)[:positions].tolist()), reverse=True)
+    hits, counts = torch.zeros(depth, EVAL_RANKS), torch.zeros(depth)
+    by_seq: dict[int, list[int]] = {}
+    for i, j in chosen:
+        by_seq.setdefault(i, []).append(j)
+    w = draft.fc.weight
+    for i, js in by_seq.items():
+        ids = data.tokens[i].to(device)
+        f = data.hidden[i].to(device, w.dtype)
+        kv = draft.new_cache(len(ids) + depth)
+        n = len(ids) - 2
+        pos = torch.arange(n, device=device)
+        true_out = draft(f[:-1], ids[1:-1], embed, cos[pos], sin[pos], kv, 0, None)
+        for j in js:  # descending: a rollout overwrites only cache slots above its own start
+            h = true_out[j : j + 1]
+            for d in range(1, depth + 1):
+                if j + 1 + d >= len(ids):
+                    break
+                label = index[ids[j + 1 + d]]
+                counts[d - 1] += 1
+                if label < 0:
+                    break
+                top = F.linear(h, lm_head)[0].topk(EVAL_RANKS).indices
+                hits[d - 1] += (top == label).float().cpu()
+                p = torch.tensor([j + d], device=device)
+                h = draft(h, ids[j + 1 + d : j + 2 + d], embed, cos[p], sin[p], kv, j + d, None)
+    rank_acc = hits / counts.clamp(min=1)[:, None]
+    top1 = rank_acc[:, 0].tolist()
+    chain_tau, run = 1.0, 1.0
+    for a in top1:
+        run *= a
+        chain_tau += run
+    return {"top1": top1, "top5": rank_acc[:, :5].sum(1).tolist(), "rank_accuracy": rank_acc.tolist(),
+            "positions": int(counts[0]), "chain_tau": chain_tau}
