@@ -79,7 +79,7 @@ def decode(
         )
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    device = model.output.weight.device
+    device = model.tok_embeddings.weight.device
     sampling = sampling if sampling is not None and not sampling.greedy else None
     generator = sampling.generator(device) if sampling else None
     budget = min(max_new_tokens, model.max_seq_len - len(prompt))
