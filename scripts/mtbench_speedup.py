@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Medusa's typical acceptance for the drafters (LOSSY: not plain sampling's distribution)")
     p.add_argument("--tree", default=None, help="tree for drafters that take one")
     p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    p.add_argument("--quantize", choices=("int8", "bnb-int8"), default=None,
+                   help="int8 backbone for our methods (weight-only, or bitsandbytes LLM.int8); hf stays float in --dtype")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--seed", type=int, default=0, help="torch seed (hf sampling) and our samplers' seed")
@@ -242,7 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
     questions = select_questions(args)
     dtype = resolve_dtype(args.dtype, args.device)
     # prompts (even copy-heavy ones with a follow-up) stay well under 2048 tokens
-    backbone = specdec.load_backbone(args.backbone, dtype, args.device, max_seq_len=2048 + args.turns * args.max_new_tokens)
+    backbone = specdec.load_backbone(args.backbone, dtype, args.device, max_seq_len=2048 + args.turns * args.max_new_tokens,
+                                     quantize=args.quantize)
     methods = build_methods(args.methods, backbone, args)
     t0 = time.perf_counter()
     records = run_all(methods, questions, backbone, args)

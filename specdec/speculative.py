@@ -53,10 +53,11 @@ class SpecModel:
         dtype: str | torch.dtype = "auto",
         device: str = "cpu",
         max_seq_len: int = 2048,
+        quantize: str | None = None,
         **drafter_options,
     ) -> "SpecModel":
-        """Load a backbone (None: the embedded SmolLM2) and build this class's drafter from the options."""
-        loaded = load_backbone(backbone, dtype, device, max_seq_len)
+        """Load a backbone (None: the embedded SmolLM2; quantize="int8" or "bnb-int8") and build this class's drafter."""
+        loaded = load_backbone(backbone, dtype, device, max_seq_len, quantize=quantize)
         return cls(loaded, cls.make_drafter(loaded, **drafter_options))
 
     @classmethod

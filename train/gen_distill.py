@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--load-in-8bit", action="store_true",
+                   help="bitsandbytes LLM.int8 backbone (train its heads with train_heads.py --load-in-8bit)")
     p.add_argument("--answers", choices=("generate", "sharegpt"), default="generate",
                    help="generate: the backbone's greedy answers; sharegpt: the dataset's first reply")
     p.add_argument("--features", action=argparse.BooleanOptionalAction, default=True,
@@ -104,7 +106,7 @@ def teacher_force_batch(model, batch: list, args: argparse.Namespace, stops: lis
 
 @torch.inference_mode()
 def main(argv: list[str] | None = None) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     args = parse_args(argv)
     path = backbone_dir(args.backbone)
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"backbone": str(path), "chat_format": chat_format, "split": args.split, "features": args.features,
             "answers": args.answers,
             "max_prompt_tokens": args.max_prompt_tokens, "max_new_tokens": args.max_new_tokens}
+    if args.load_in_8bit:  # only then: files made before the flag existed keep resuming
+        meta["load_in_8bit"] = True
     done = read_done(args.out, meta)
 
     want_heldout = args.split == "heldout"
@@ -129,8 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     todo = sorted((p for p in prompts if p[0] not in done), key=lambda p: len(p[1]) + len(p[2]))  # less padding per batch
     print(f"{len(prompts)} prompts, {len(prompts) - len(todo)} already done, {len(todo)} to generate", flush=True)
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(args.dtype, args.device), local_files_only=True)
-    model.to(args.device).eval()
+    int8 = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": args.device} if args.load_in_8bit else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(args.dtype, args.device), local_files_only=True, **int8)
+    model = model.eval() if args.load_in_8bit else model.to(args.device).eval()  # 8-bit models are placed by device_map
     stops = stop_ids(tokenizer, model.config.to_dict())
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     bar = tqdm(total=len(todo), unit="prompt")
