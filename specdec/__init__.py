@@ -4,10 +4,10 @@ from specdec.decode import DecodeResult, DecodeStats, decode
 from specdec.drafters import Drafter, LookaheadConfig, LookaheadDrafter, NgramConfig, NgramDrafter, NoDrafter, make_drafter
 from specdec.model import ModelArgs, Transformer
 from specdec.sampling import SamplingConfig
-from specdec.speculative import Generation, LookaheadModel, MedusaModel, NgramModel, SpecModel
+from specdec.speculative import EagleModel, Generation, LookaheadModel, MedusaModel, NgramModel, SpecModel
 from specdec.tree import Tree, TreeShape, parse_choices, shape_from_parents
 
 __all__ = [
-    "Backbone", "DecodeResult", "Generation", "LookaheadConfig", "LookaheadDrafter", "LookaheadModel", "MedusaModel", "NgramModel", "SpecModel", "DecodeStats", "Drafter", "ModelArgs", "NgramConfig", "NgramDrafter", "NoDrafter",
+    "Backbone", "DecodeResult", "EagleModel", "Generation", "LookaheadConfig", "LookaheadDrafter", "LookaheadModel", "MedusaModel", "NgramModel", "SpecModel", "DecodeStats", "Drafter", "ModelArgs", "NgramConfig", "NgramDrafter", "NoDrafter",
     "SamplingConfig", "Transformer", "Tree", "TreeShape", "decode", "load_backbone", "make_drafter", "parse_choices", "shape_from_parents",
 ]

@@ -9,7 +9,8 @@ import torch
 
 from specdec.backbone import Backbone, load_backbone
 from specdec.decode import DecodeStats, decode
-from specdec.drafters import Drafter, LookaheadConfig, LookaheadDrafter, MedusaDrafter, NgramConfig, NgramDrafter, NoDrafter
+from specdec.drafters import (Drafter, EagleDrafter, LookaheadConfig, LookaheadDrafter, MedusaDrafter, NgramConfig,
+                              NgramDrafter, NoDrafter, eagle2)
 from specdec.sampling import SamplingConfig
 
 
@@ -107,6 +108,19 @@ class MedusaModel(SpecModel):
     def make_drafter(cls, backbone: Backbone, heads: str | Path = "medusa", tree: str | int | list = "auto") -> Drafter:
         """Medusa drafter; tree is "auto" (sparse, sized for the device), a node count or a choice list."""
         return MedusaDrafter(backbone.model, heads, tree)
+
+
+class EagleModel(SpecModel):
+    """EAGLE over a frozen backbone: `draft` is a directory (ours or EAGLE's layout) or "eagle" (shipped);
+    tree="dynamic" is EAGLE-2, "auto", a node count or a choice list a static EAGLE-1 tree."""
+
+    @classmethod
+    def make_drafter(cls, backbone: Backbone, draft: str | Path = "eagle", tree: str | int | list = "dynamic",
+                     **options) -> Drafter:
+        """EAGLE drafter; options: depth, top_k, total_tokens, verify_cost (see EagleDrafter)."""
+        if tree == "dynamic":
+            return eagle2(backbone.model, draft, **options)
+        return EagleDrafter(backbone.model, draft, tree, **options)
 
 
 class LookaheadModel(SpecModel):

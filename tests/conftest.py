@@ -26,6 +26,18 @@ _COMMON = dict(
 )
 
 
+def load_script(path: Path):
+    """Import a script (train/, scripts/) as a module, registered so its dataclasses resolve their annotations."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_config(family: str):
     """A tiny random config for each architecture path the runner must support."""
     from transformers import LlamaConfig, MistralConfig, Qwen2Config

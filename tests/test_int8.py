@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import random
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import CONTEXT, VOCAB
+from conftest import CONTEXT, VOCAB, load_script
 from specdec.backbone import load_transformer
 from specdec.decode import decode
 from specdec.drafters import LookaheadConfig, LookaheadDrafter, MedusaDrafter, NgramConfig, NgramDrafter
@@ -156,11 +155,7 @@ def test_bitsandbytes_vectorwise_int8_backbone_is_lossless(tiny_models):
 
 
 def _memory_plan():
-    spec = importlib.util.spec_from_file_location("memory_plan", ROOT / "scripts" / "memory_plan.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts" / "memory_plan.py")
 
 
 def test_memory_plan_matches_a_hand_count_for_13b_int8():

@@ -1,14 +1,13 @@
 """MT-Bench speedup script: question selection, method names, metrics aggregation, and one real smoke run."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from conftest import load_script
 from specdec.data import Question, copy_prompts, load_mtbench, stratified_subset
 from specdec.metrics import TurnRecord, first_divergence, markdown, summarize, write_results
 
@@ -17,11 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "mtbench_speedup.py"
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("mtbench_speedup", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_mtbench_has_80_questions_in_8_categories():

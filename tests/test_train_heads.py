@@ -2,7 +2,6 @@
 and trained heads that are accepted yet lossless."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import VOCAB
+from conftest import VOCAB, load_script
 from specdec.decode import decode
 from specdec.drafters import EagleDrafter, MedusaDrafter
 from specdec.eagle import load_eagle
@@ -22,15 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _train_module():
-    spec = importlib.util.spec_from_file_location("train_heads", ROOT / "train" / "train_heads.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-train_heads = _train_module()
+train_heads = load_script(ROOT / "train" / "train_heads.py")
 
 
 @torch.no_grad()
