@@ -1,5 +1,5 @@
-"""The real embedded SmolLM2-135M-Instruct in fp32 on MT-Bench first turns: plain, n-gram, lookahead and Medusa
-(shipped heads, plain and trigram) speculative decoding reproduce transformers' greedy generate token for token."""
+"""The real embedded SmolLM2-135M-Instruct in fp32 on MT-Bench first turns: plain, n-gram, lookahead, Medusa
+(shipped heads, plain and trigram) and EAGLE / EAGLE-2 (shipped draft) speculative decoding reproduce transformers' greedy generate token for token."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,7 +11,7 @@ import torch
 
 from specdec.backbone import load_backbone
 from specdec.decode import decode
-from specdec.drafters import LookaheadDrafter, MedusaDrafter, NgramDrafter
+from specdec.drafters import EagleDrafter, LookaheadDrafter, MedusaDrafter, NgramDrafter, eagle2
 from specdec.drafters.lookahead import LookaheadConfig
 
 pytestmark = pytest.mark.real
@@ -107,6 +107,20 @@ def test_medusa_with_shipped_heads_equals_hf_generate(smol, cases, variant):
         steps += res.stats.steps
     print(f"{variant}: tau {emitted / steps:.2f}")
     assert emitted / steps > 1.15, f"shipped {variant} heads accepted almost nothing (tau {emitted / steps:.2f})"
+
+
+@pytest.mark.parametrize("variant", ["eagle", "eagle2"])
+def test_eagle_with_shipped_draft_equals_hf_generate(smol, cases, variant):
+    # verify_cost={}: never cut the tree to a plain step, so the draft itself is measured
+    drafter = eagle2(smol.model, verify_cost={}) if variant == "eagle2" else EagleDrafter(smol.model, verify_cost={})
+    emitted = steps = 0
+    for qid, ids, ref in cases:
+        res = decode(smol.model, ids, drafter, max_new_tokens=NEW_TOKENS, stop_ids=smol.stop_ids)
+        assert res.tokens == ref, f"question {qid}: first difference at {_first_diff(res.tokens, ref)}"
+        emitted += sum(res.stats.accepted)
+        steps += res.stats.steps
+    print(f"{variant}: tau {emitted / steps:.2f}")
+    assert emitted / steps > 1.3, f"shipped EAGLE draft accepted almost nothing (tau {emitted / steps:.2f})"
 
 
 def _first_diff(a: list[int], b: list[int]) -> int:
