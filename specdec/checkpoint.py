@@ -83,6 +83,17 @@ def load_heads(path: str | Path, kind: str, model: Transformer) -> tuple[dict, d
     return meta, state
 
 
+def load_module(path: str | Path, kind: str, model: Transformer, build) -> tuple[torch.nn.Module, dict]:
+    """A module of `kind` built from its saved config (build(config)) with its weights loaded; plus metadata."""
+    meta, state = load_heads(path, kind, model)
+    module = build(meta["config"])
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not match its config.json: {e}") from e
+    return module, meta
+
+
 def shipped_heads(model: Transformer, variant: str) -> Path:
     """The draft weights shipped in the package for this backbone (matched by fingerprint)."""
     for path in sorted(SHIPPED.glob(f"*/{variant}")):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from specdec.checkpoint import load_heads, read_config, save_heads, shipped_heads
+from specdec.checkpoint import load_module, read_config, save_heads, shipped_heads
 from specdec.model import Block, ModelArgs, Transformer
 
 KIND = "eagle"
@@ -107,11 +107,6 @@ def load_eagle(path: str | Path, model: Transformer) -> tuple[EagleDraft, dict]:
     if "kind" not in meta and "hidden_size" in meta:
         draft, meta = load_official_eagle(path, model), {"kind": KIND, "source": "official"}
     else:
-        meta, state = load_heads(path, KIND, model)
-        draft = EagleDraft(EagleConfig(**meta["config"]), model.args)
-        try:
-            draft.load_state_dict(state)
-        except RuntimeError as e:
-            raise ValueError(f"{path}: weights do not match its config.json: {e}") from e
+        draft, meta = load_module(path, KIND, model, lambda cfg: EagleDraft(EagleConfig(**cfg), model.args))
     w = model.output.weight
     return draft.to(device=w.device, dtype=w.dtype).eval().requires_grad_(False), meta

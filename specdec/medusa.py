@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from specdec.checkpoint import load_heads, read_config, save_heads, shipped_heads
+from specdec.checkpoint import load_module, read_config, save_heads, shipped_heads
 from specdec.model import Transformer
 
 KIND = "medusa"
@@ -162,11 +162,6 @@ def load_medusa(path: str | Path, model: Transformer) -> tuple[MedusaHeads, dict
     if "medusa_num_heads" in meta:
         heads, meta = load_official_medusa(path, model), {"kind": KIND, "source": "official"}
     else:
-        meta, state = load_heads(path, KIND, model)
-        heads = MedusaHeads(MedusaConfig(**meta["config"]))
-        try:
-            heads.load_state_dict(state)
-        except RuntimeError as e:
-            raise ValueError(f"{path}: weights do not match its config.json: {e}") from e
+        heads, meta = load_module(path, KIND, model, lambda cfg: MedusaHeads(MedusaConfig(**cfg)))
     w = model.output.weight
     return heads.to(device=w.device, dtype=w.dtype).eval().requires_grad_(False), meta

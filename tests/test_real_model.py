@@ -83,44 +83,35 @@ def test_ngram_decode_equals_hf_generate(smol, cases):
     assert emitted / steps > 1.2, f"prompt lookup accepted almost nothing on MT-Bench (tau {emitted / steps:.2f})"
 
 
-@pytest.mark.parametrize("always_window", [False, True])
-def test_lookahead_decode_equals_hf_generate(smol, cases, always_window):
+def assert_greedy_with_tau(smol, cases, make_drafter, label: str, floor: float) -> None:
+    """Every case equals transformers' greedy continuation, and the drafter's tau over all cases beats floor."""
     emitted = steps = 0
     for qid, ids, ref in cases:
-        drafter = LookaheadDrafter(LookaheadConfig(always_window=always_window))
-        res = decode(smol.model, ids, drafter, max_new_tokens=NEW_TOKENS, stop_ids=smol.stop_ids)
+        res = decode(smol.model, ids, make_drafter(), max_new_tokens=NEW_TOKENS, stop_ids=smol.stop_ids)
         assert res.tokens == ref, f"question {qid}: first difference at {_first_diff(res.tokens, ref)}"
         emitted += sum(res.stats.accepted)
         steps += res.stats.steps
-    print(f"lookahead (always_window={always_window}): tau {emitted / steps:.2f}")
-    assert emitted / steps > 1.15, f"lookahead accepted almost nothing on MT-Bench (tau {emitted / steps:.2f})"
+    print(f"{label}: tau {emitted / steps:.2f}")
+    assert emitted / steps > floor, f"{label} accepted almost nothing on MT-Bench (tau {emitted / steps:.2f})"
+
+
+@pytest.mark.parametrize("always_window", [False, True])
+def test_lookahead_decode_equals_hf_generate(smol, cases, always_window):
+    assert_greedy_with_tau(smol, cases, lambda: LookaheadDrafter(LookaheadConfig(always_window=always_window)),
+                           f"lookahead (always_window={always_window})", 1.15)
 
 
 @pytest.mark.parametrize("variant", ["medusa", "medusa-trigram"])
 def test_medusa_with_shipped_heads_equals_hf_generate(smol, cases, variant):
     drafter = MedusaDrafter(smol.model, variant, min_confidence=0.0)  # always draft: measures the heads themselves
-    emitted = steps = 0
-    for qid, ids, ref in cases:
-        res = decode(smol.model, ids, drafter, max_new_tokens=NEW_TOKENS, stop_ids=smol.stop_ids)
-        assert res.tokens == ref, f"question {qid}: first difference at {_first_diff(res.tokens, ref)}"
-        emitted += sum(res.stats.accepted)
-        steps += res.stats.steps
-    print(f"{variant}: tau {emitted / steps:.2f}")
-    assert emitted / steps > 1.15, f"shipped {variant} heads accepted almost nothing (tau {emitted / steps:.2f})"
+    assert_greedy_with_tau(smol, cases, lambda: drafter, f"shipped {variant} heads", 1.15)
 
 
 @pytest.mark.parametrize("variant", ["eagle", "eagle2"])
 def test_eagle_with_shipped_draft_equals_hf_generate(smol, cases, variant):
     # verify_cost={}: never cut the tree to a plain step, so the draft itself is measured
     drafter = eagle2(smol.model, verify_cost={}) if variant == "eagle2" else EagleDrafter(smol.model, verify_cost={})
-    emitted = steps = 0
-    for qid, ids, ref in cases:
-        res = decode(smol.model, ids, drafter, max_new_tokens=NEW_TOKENS, stop_ids=smol.stop_ids)
-        assert res.tokens == ref, f"question {qid}: first difference at {_first_diff(res.tokens, ref)}"
-        emitted += sum(res.stats.accepted)
-        steps += res.stats.steps
-    print(f"{variant}: tau {emitted / steps:.2f}")
-    assert emitted / steps > 1.3, f"shipped EAGLE draft accepted almost nothing (tau {emitted / steps:.2f})"
+    assert_greedy_with_tau(smol, cases, lambda: drafter, f"shipped {variant} draft", 1.3)
 
 
 def _first_diff(a: list[int], b: list[int]) -> int:

@@ -139,19 +139,20 @@ class EagleDrafter(Drafter):
             return root_only(state)
         logp = F.log_softmax(F.linear(self.last, self.lm_head).float(), dim=-1)[0]
         tokens, parents, scores = self._dynamic(logp) if self.dynamic else self._static(logp)
-        keep = scores.sort(descending=True, stable=True).indices[: self.total - 1]  # stable: parents before children
+        order = scores.sort(descending=True, stable=True).indices[: self.total - 1]  # stable: parents before children
+        size = torch.tensor([len(order)], device=order.device)
         if self.cost is not None:  # the prefix with the most expected tokens per unit of verify cost
-            gain = 1 + torch.cat((scores.new_zeros(1), scores[keep].exp().cumsum(0)))
-            keep = keep[: int((gain / self.cost[: len(keep) + 1]).argmax())]
-        keep = keep.sort().values  # candidate order: depth by depth, parents first
-        device = state.hidden.device
-        if len(keep) == 0:
+            gain = 1 + torch.cat((scores.new_zeros(1), scores[order].exp().cumsum(0)))
+            size = (gain / self.cost[: len(order) + 1]).argmax().view(1)
+        n, *rest = torch.cat((size, order, parents[order])).tolist()  # the step's one device-to-host transfer
+        if n == 0:
             return root_only(state)
-        where = torch.full((len(scores) + 1,), -1, dtype=torch.long, device=device)
-        where[keep + 1] = torch.arange(1, len(keep) + 1, device=device)
-        tree_parents = where[parents[keep] + 1].clamp(min=0)
-        node_tokens = torch.cat((torch.tensor([state.tokens[-1]], device=device), tokens[keep]))
-        return Tree(node_tokens, shape_from_parents([-1] + tree_parents.tolist(), device))
+        parent_of = dict(zip(rest[:n], rest[len(order) : len(order) + n]))
+        kept = sorted(parent_of)  # candidate order: depth by depth, parents first
+        node = {c: i for i, c in enumerate(kept, start=1)}
+        device = state.hidden.device
+        node_tokens = torch.cat((torch.tensor([state.tokens[-1]], device=device), tokens[torch.tensor(kept, device=device)]))
+        return Tree(node_tokens, shape_from_parents([-1] + [node.get(parent_of[c], 0) for c in kept], device))
 
     def _dynamic(self, logp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """EAGLE-2 candidates: (tokens, parent candidate index or -1, path log-probability), depth by depth."""
