@@ -20,10 +20,12 @@ from conftest import randomize_
 from specdec.decode import decode
 from specdec.drafters import LookaheadConfig, LookaheadDrafter, MedusaDrafter, NgramConfig, NgramDrafter, NoDrafter
 from specdec.drafters.base import DecodeState, Drafter
+from specdec.drafters.eagle import EagleDrafter, eagle2
 from specdec.medusa import MedusaConfig, MedusaHeads
 from specdec.sampling import SamplingConfig, sample, target_probs, tree_sample_accept
 from specdec.tree import Tree, TreeShape, shape_from_parents
 from test_decode import OracleTreeDrafter, PROMPTS, reference
+from test_eagle import random_draft
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,7 +37,7 @@ ALPHA = 1e-3  # chi-square p-value threshold: exact rules stay above, broken one
 PROMPT = [1, 2, 5, 6, 3, 6, 2, 0, 2, 2, 2, 2, 2]
 CONFIGS = {"t1": SamplingConfig(temperature=1.0), "t0.7-top4": SamplingConfig(temperature=0.7, top_k=4),
            "t1.3-p0.9": SamplingConfig(temperature=1.3, top_p=0.9)}
-DRAFTERS = ("vanilla", "ngram", "lookahead", "medusa", "oracle-tree")
+DRAFTERS = ("vanilla", "ngram", "lookahead", "medusa", "eagle", "eagle2", "oracle-tree")
 # by default each drafter meets one configuration (every configuration is met); SPECDEC_SLOW=1 runs all pairs
 PAIRS = [(d, c) for d in DRAFTERS for c in CONFIGS] if os.environ.get("SPECDEC_SLOW") else \
     [(d, list(CONFIGS)[i % len(CONFIGS)]) for i, d in enumerate(DRAFTERS)]
@@ -148,6 +150,11 @@ def make(name: str, small) -> Drafter:
                 p.normal_(0, 0.3)
         tree = [[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 1, 0]]
         return MedusaDrafter(model, heads.eval(), tree)
+    if name == "eagle":  # verify_cost={}: never cut the tree to a plain step
+        return EagleDrafter(model, random_draft(model, seed=3), tree=[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0]],
+                            verify_cost={})
+    if name == "eagle2":
+        return eagle2(model, random_draft(model, seed=4), depth=3, top_k=3, total_tokens=8, verify_cost={})
     return OracleTreeSampler(oracle_ranking(hf))
 
 
