@@ -12,6 +12,7 @@ from specdec.drafters.base import DecodeState, Drafter, NoDrafter, root_only
 from specdec.kernels import greedy_accept
 from specdec.model import Transformer
 from specdec.sampling import SamplingConfig, sample, target_probs, tree_sample_accept, typical_accept
+from specdec.verify_step import VerifyStep
 
 
 @dataclass
@@ -65,10 +66,12 @@ def decode(
     on_tokens: Callable[[list[int]], None] | None = None,
     track_top2_gaps: bool = False,
     sampling: SamplingConfig | None = None,
+    step: VerifyStep | None = None,
 ) -> DecodeResult:
     """Speculative decoding: greedy (no sampling / temperature 0) is plain greedy token for token, sampling is plain
     sampling in distribution (unless lossy typical acceptance). Stops at a stop id (kept), max_new_tokens, full context."""
     drafter = drafter or NoDrafter()
+    verify = step or model.forward
     prompt = [int(t) for t in prompt_ids]
     if not prompt:
         raise ValueError("the prompt is empty: give at least one token")
@@ -118,7 +121,7 @@ def decode(
         if model.length + tree.shape.size > model.max_seq_len:
             tree = root_only(state)
         shape = tree.shape
-        out = model.forward(
+        out = verify(
             tree.tokens,
             positions=model.length + shape.depth,
             tree_mask=None if shape.chain else shape.mask,

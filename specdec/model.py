@@ -121,7 +121,7 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(args.dim, qkv_out, bias=args.qkv_bias)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=args.o_bias)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor, start: int, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor, start: int | Tensor, mask: Tensor | None) -> Tensor:
         k_new = x.shape[0]
         q, k, v = self.wqkv(x).split(
             [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
@@ -129,10 +129,17 @@ class Attention(nn.Module):
         q = apply_rope(q.view(k_new, self.n_heads, self.head_dim).transpose(0, 1), cos, sin)
         k = apply_rope(k.view(k_new, self.n_kv_heads, self.head_dim).transpose(0, 1), cos, sin)
         v = v.view(k_new, self.n_kv_heads, self.head_dim).transpose(0, 1)
-        end = start + k_new
-        kv[0, :, start:end] = k
-        kv[1, :, start:end] = v
-        keys, values = kv[0, :, :end].unsqueeze(0), kv[1, :, :end].unsqueeze(0)
+        if isinstance(start, Tensor):
+            # static shapes (graph capture): write by index, attend over the whole cache, the mask hides the rest
+            slots = start + torch.arange(k_new, device=x.device)
+            kv[0].index_copy_(1, slots, k)
+            kv[1].index_copy_(1, slots, v)
+            keys, values = kv[0].unsqueeze(0), kv[1].unsqueeze(0)
+        else:
+            end = start + k_new
+            kv[0, :, start:end] = k
+            kv[1, :, start:end] = v
+            keys, values = kv[0, :, :end].unsqueeze(0), kv[1, :, :end].unsqueeze(0)
         out = F.scaled_dot_product_attention(
             q.unsqueeze(0), keys, values, attn_mask=mask, is_causal=mask is None and start == 0 and k_new > 1,
             enable_gqa=self.n_heads != self.n_kv_heads,
@@ -164,7 +171,7 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor, start: int, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor, start: int | Tensor, mask: Tensor | None) -> Tensor:
         h = x + self.attention(self.attention_norm(x), cos, sin, kv, start, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
@@ -197,14 +204,16 @@ class Transformer(nn.Module):
         self.length = 0
         self.max_seq_len = 0
 
-    def setup_cache(self, max_seq_len: int) -> None:
-        """Allocate the static KV cache [layers, 2, kv_heads, max_seq_len, head_dim] and rope tables."""
+    def setup_cache(self, max_seq_len: int, spare: int = 0) -> None:
+        """Allocate the static KV cache [layers, 2, kv_heads, max_seq_len + spare, head_dim] and rope tables;
+        `spare` slots past the context take a padded static step's padding nodes."""
         a = self.args
         if a.sliding_window is not None and max_seq_len > a.sliding_window:
             raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's sliding window {a.sliding_window}")
         w = self.tok_embeddings.weight  # not output: an int8 lm_head would dequantise itself to answer
-        self.kv = torch.zeros(a.n_layers, 2, a.n_kv_heads, max_seq_len, a.head_dim, dtype=w.dtype, device=w.device)
-        self.rope_cos, self.rope_sin = rope_tables(a, max_seq_len, w.dtype, w.device)
+        size = max_seq_len + spare
+        self.kv = torch.zeros(a.n_layers, 2, a.n_kv_heads, size, a.head_dim, dtype=w.dtype, device=w.device)
+        self.rope_cos, self.rope_sin = rope_tables(a, size, w.dtype, w.device)
         self.max_seq_len = max_seq_len
         self.length = 0
 
@@ -248,6 +257,25 @@ class Transformer(nn.Module):
         hidden = self.norm(x)
         logits = self.output(hidden if logits_for is None else hidden[logits_for])
         return ForwardOut(logits=logits, hidden=hidden, layers=layers)
+
+    @torch.no_grad()
+    def static_forward(self, tokens: Tensor, positions: Tensor, tree_mask: Tensor, start: Tensor,
+                       hidden_layers: tuple[int, ...] = ()) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
+        """`forward` with shapes that depend only on k: the committed length is a 0-dim tensor and attention spans
+        the whole cache, so one captured graph (CUDA graphs, torch.compile) serves every step of k nodes."""
+        k, size = tokens.shape[0], self.kv.shape[3]
+        offset = torch.arange(size, device=tokens.device) - start  # cache slot relative to the first new node
+        in_tree = (offset >= 0) & (offset < k)
+        mask = (offset < 0)[None, :] | (tree_mask[:, offset.clamp(0, k - 1)] & in_tree[None, :])
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        x = self.tok_embeddings(tokens)
+        layers: dict[int, Tensor] = {}
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, self.kv[i], start, mask)
+            if i in hidden_layers:
+                layers[i] = x
+        hidden = self.norm(x)
+        return self.output(hidden), hidden, layers
 
     def commit(self, accepted: Tensor | None, n_written: int) -> None:
         """Keep the K/V of `accepted` nodes (indices into the last forward, ascending), or all `n_written`."""

@@ -12,6 +12,7 @@ from specdec.decode import DecodeStats, decode
 from specdec.drafters import (Drafter, EagleDrafter, LookaheadConfig, LookaheadDrafter, MedusaDrafter, NgramConfig,
                               NgramDrafter, NoDrafter, eagle2)
 from specdec.sampling import SamplingConfig
+from specdec.verify_step import VerifyStep
 
 
 @dataclass
@@ -43,9 +44,10 @@ class SpecModel:
     """A backbone with a drafter; `generate` is lossless: greedy output equals plain greedy decoding, sampled output
     follows plain sampling's distribution (unless lossy_typical_acceptance)."""
 
-    def __init__(self, backbone: Backbone, drafter: Drafter | None = None):
+    def __init__(self, backbone: Backbone, drafter: Drafter | None = None, verify: str = "auto"):
         self.backbone = backbone
         self.drafter = drafter or NoDrafter()
+        self.step = VerifyStep(backbone.model, verify)
 
     @classmethod
     def load(
@@ -55,11 +57,13 @@ class SpecModel:
         device: str = "cpu",
         max_seq_len: int = 2048,
         quantize: str | None = None,
+        verify: str = "auto",
         **drafter_options,
     ) -> "SpecModel":
-        """Load a backbone (None: the embedded SmolLM2; quantize="int8" or "bnb-int8") and build this class's drafter."""
+        """Load a backbone (None: the embedded SmolLM2; quantize="int8" or "bnb-int8") and build this class's drafter;
+        verify: "auto" (eager on CPU, CUDA graphs on GPU) or a VerifyStep mode."""
         loaded = load_backbone(backbone, dtype, device, max_seq_len, quantize=quantize)
-        return cls(loaded, cls.make_drafter(loaded, **drafter_options))
+        return cls(loaded, cls.make_drafter(loaded, **drafter_options), verify)
 
     @classmethod
     def make_drafter(cls, backbone: Backbone, **options) -> Drafter:
@@ -88,7 +92,8 @@ class SpecModel:
         tok = self.backbone.tokenizer
         stream = TextStream(tok, on_text) if on_text else None
         sampling = SamplingConfig(temperature, top_p, top_k, seed, lossy_typical_acceptance)
-        res = decode(self.backbone.model, ids, self.drafter, max_new_tokens, self.backbone.stop_ids, stream, sampling=sampling)
+        res = decode(self.backbone.model, ids, self.drafter, max_new_tokens, self.backbone.stop_ids, stream,
+                     sampling=sampling, step=self.step)
         return Generation(tok.decode(res.tokens, skip_special_tokens=True), res.tokens, res.stats)
 
 

@@ -1,0 +1,108 @@
+"""The padded static-shape verify step: same logits and same greedy output as the eager forward on every family,
+one graph per bucket under torch.compile (fullgraph: capturable), and CPU's default left eager."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from conftest import FAMILIES
+from specdec.decode import decode
+from specdec.drafters import NgramDrafter
+from specdec.tree import shape_from_parents
+from specdec.verify_step import VerifyStep, buckets_up_to
+from test_decode import HYP, N, PROMPTS, OracleTreeDrafter, check_stats, reference
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def static_runners(tiny_models):
+    """One runner per family with a static verify step (its cache grows by the padding slots)."""
+    out = {}
+    for f in FAMILIES:
+        model = tiny_models[f].load()
+        out[f] = (model, VerifyStep(model, "static", max_nodes=64))
+    return out
+
+
+def test_buckets():
+    assert buckets_up_to(1) == (1,)
+    assert buckets_up_to(60) == (1, 2, 4, 8, 16, 32, 64)
+    assert buckets_up_to(64)[-1] == 64
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_static_logits_equal_the_eager_forward(tiny_models, family):
+    model = tiny_models[family].load()
+    step = VerifyStep(model, "static", max_nodes=16)
+    prompt = PROMPTS[2]
+    model.reset()
+    model.forward(torch.tensor(prompt))
+    model.commit(None, len(prompt))
+    parents = [-1, 0, 0, 1, 1, 2, 3]
+    shape = shape_from_parents(parents)
+    tokens = torch.tensor([5, 9, 11, 13, 17, 19, 23])
+    positions = model.length + shape.depth
+    eager = model.forward(tokens, positions=positions, tree_mask=shape.mask, hidden_layers=(0,))
+    static = step(tokens, positions=positions, tree_mask=shape.mask, hidden_layers=(0,))
+    torch.testing.assert_close(static.logits, eager.logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(static.hidden, eager.hidden, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(static.layers[0], eager.layers[0], rtol=1e-4, atol=1e-4)
+    chain = step(tokens[:3])  # tree_mask None: a causal chain, as in forward
+    torch.testing.assert_close(chain.logits, model.forward(tokens[:3]).logits, rtol=1e-4, atol=1e-4)
+
+
+@HYP
+@given(family=st.sampled_from(FAMILIES), p=st.integers(0, len(PROMPTS) - 1), seed=st.integers(0, 2**31),
+       max_nodes=st.integers(1, 80), p_true=st.sampled_from([0.0, 0.5, 0.9]))
+def test_static_step_is_lossless_on_random_trees(tiny_models, static_runners, family, p, seed, max_nodes, p_true):
+    """Trees of 1-80 nodes (the largest bucket is 64: bigger ones go eager), up to the end of the context."""
+    model, step = static_runners[family]
+    ref = reference(tiny_models, family, p)
+    drafter = OracleTreeDrafter(PROMPTS[p] + ref, seed, max_nodes, p_true=p_true, chain_bias=0.4)
+    res = decode(model, PROMPTS[p], drafter, max_new_tokens=N, step=step)
+    assert res.tokens == ref[:N]
+    check_stats(res, N)
+
+
+def test_static_step_up_to_a_full_context(tiny_models, static_runners):
+    model, step = static_runners["llama"]
+    prompt = PROMPTS[3]
+    n = model.max_seq_len - len(prompt)
+    ref = tiny_models["llama"].greedy(prompt, n)
+    res = decode(model, prompt, NgramDrafter(), max_new_tokens=n + 10, step=step)
+    assert res.tokens == ref and res.stats.stop_reason == "context"
+
+
+def test_compiled_step_is_one_graph_per_bucket(tiny_models):
+    """fullgraph=True fails on any graph break; a graph per bucket (not per step) shows the shapes are static."""
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(tuple(example_inputs[0].shape))
+        return gm.forward
+
+    torch._dynamo.reset()
+    model = tiny_models["qwen2"].load()
+    step = VerifyStep(model, "compile", max_nodes=16, backend=counting_backend)
+    ref = reference(tiny_models, "qwen2", 1)
+    drafter = OracleTreeDrafter(PROMPTS[1] + ref, seed=3, max_nodes=16, p_true=0.8, chain_bias=0.5)
+    res = decode(model, PROMPTS[1], drafter, max_new_tokens=N, step=step)
+    assert res.tokens == ref[:N]
+    used = {next(b for b in step.buckets if b >= size) for size in res.stats.tree_sizes}
+    assert res.stats.steps > len(used) > 1
+    assert len(graphs) == len(used), f"{len(graphs)} graphs for buckets {sorted(used)}: a shape is not static"
+
+
+def test_cpu_default_is_eager_and_modes_are_checked(tiny_models):
+    model = tiny_models["llama"].load()
+    kv = model.kv
+    step = VerifyStep(model)
+    assert step.mode == "eager" and model.kv is kv, "the CPU path must stay the eager forward"
+    ref = reference(tiny_models, "llama", 0)
+    assert decode(model, PROMPTS[0], NgramDrafter(), N, step=step).tokens == ref[:N]
+    with pytest.raises(ValueError, match="unknown verify mode"):
+        VerifyStep(model, "fast")
+    with pytest.raises(ValueError, match="CUDA"):
+        VerifyStep(model, "graphs")
