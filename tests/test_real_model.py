@@ -13,6 +13,7 @@ from specdec.backbone import load_backbone
 from specdec.decode import decode
 from specdec.drafters import EagleDrafter, LookaheadDrafter, MedusaDrafter, NgramDrafter, eagle2
 from specdec.drafters.lookahead import LookaheadConfig
+from specdec.verify_step import VerifyStep
 
 pytestmark = pytest.mark.real
 
@@ -83,11 +84,11 @@ def test_ngram_decode_equals_hf_generate(smol, cases):
     assert emitted / steps > 1.2, f"prompt lookup accepted almost nothing on MT-Bench (tau {emitted / steps:.2f})"
 
 
-def assert_greedy_with_tau(smol, cases, make_drafter, label: str, floor: float) -> None:
+def assert_greedy_with_tau(smol, cases, make_drafter, label: str, floor: float, step: VerifyStep | None = None) -> None:
     """Every case equals transformers' greedy continuation, and the drafter's tau over all cases beats floor."""
     emitted = steps = 0
     for qid, ids, ref in cases:
-        res = decode(smol.model, ids, make_drafter(), max_new_tokens=NEW_TOKENS, stop_ids=smol.stop_ids)
+        res = decode(smol.model, ids, make_drafter(), max_new_tokens=NEW_TOKENS, stop_ids=smol.stop_ids, step=step)
         assert res.tokens == ref, f"question {qid}: first difference at {_first_diff(res.tokens, ref)}"
         emitted += sum(res.stats.accepted)
         steps += res.stats.steps
@@ -112,6 +113,13 @@ def test_eagle_with_shipped_draft_equals_hf_generate(smol, cases, variant):
     # verify_cost={}: never cut the tree to a plain step, so the draft itself is measured
     drafter = eagle2(smol.model, verify_cost={}) if variant == "eagle2" else EagleDrafter(smol.model, verify_cost={})
     assert_greedy_with_tau(smol, cases, lambda: drafter, f"shipped {variant} draft", 1.3)
+
+
+def test_static_verify_step_equals_hf_generate(smol, cases):
+    """The GPU path's padded static-shape step (here uncompiled, on CPU) on the real model, with Medusa trees."""
+    drafter = MedusaDrafter(smol.model, "medusa-trigram", min_confidence=0.0)
+    assert_greedy_with_tau(smol, cases[:2], lambda: drafter, "medusa-trigram, static verify step", 1.15,
+                           step=VerifyStep(smol.model, "static", max_nodes=64))
 
 
 def _first_diff(a: list[int], b: list[int]) -> int:
