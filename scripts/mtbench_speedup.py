@@ -22,7 +22,7 @@ from tqdm import tqdm
 import specdec
 from specdec.backbone import resolve_dtype
 from specdec.data import Question, copy_prompts, load_mtbench, stratified_subset
-from specdec.drafters import DRAFTERS, make_drafter
+from specdec.drafters import DRAFTERS, Drafter, make_drafter
 from specdec.metrics import (PEAK_MEM_MEANING, TurnRecord, markdown, peak_memory_mb, reset_peak_memory, summarize,
                              write_results)
 from specdec.sampling import SamplingConfig
@@ -156,11 +156,16 @@ def hf_generate(model: torch.nn.Module, stop_ids: list[int], prompt_lookup: int 
 def specdec_generate(backbone: specdec.Backbone, name: str, args: argparse.Namespace) -> Generate:
     """Our decode loop with a registered drafter; vanilla also records the top-2 logit gaps."""
     drafter = make_drafter(name, **drafter_options(name, args, backbone))
-    sampling = sampling_config(args)
+    return drafter_generate(backbone, drafter, sampling_config(args), track_top2_gaps=name == REFERENCE)
+
+
+def drafter_generate(backbone: specdec.Backbone, drafter: Drafter, sampling: SamplingConfig,
+                     track_top2_gaps: bool = False) -> Generate:
+    """Our decode loop with an already built drafter (the ablation scripts pass several of one kind)."""
 
     def run(ids: list[int], max_new_tokens: int) -> Generation:
         r = specdec.decode(backbone.model, ids, drafter, max_new_tokens, backbone.stop_ids,
-                           track_top2_gaps=name == REFERENCE, sampling=sampling)
+                           track_top2_gaps=track_top2_gaps, sampling=sampling)
         return Generation(r.tokens, r.stats.steps, sum(r.stats.accepted), r.top2_gaps)
 
     return run
