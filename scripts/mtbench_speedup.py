@@ -26,6 +26,7 @@ from specdec.drafters import DRAFTERS, Drafter, make_drafter
 from specdec.metrics import (PEAK_MEM_MEANING, TurnRecord, markdown, peak_memory_mb, reset_peak_memory, summarize,
                              write_results)
 from specdec.sampling import SamplingConfig
+from specdec.verify_step import MODES as VERIFY_MODES, VerifyStep
 
 BASELINE, REFERENCE = "hf", "vanilla"
 HF_METHODS = {"hf": None, "hf-pld": 10}  # name -> transformers prompt_lookup_num_tokens
@@ -69,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="int8 backbone for our methods (weight-only, or bitsandbytes LLM.int8); hf stays float in --dtype")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--verify", choices=("auto",) + VERIFY_MODES, default="auto",
+                   help="our methods' verify forward (auto: eager on CPU, CUDA graphs on GPU)")
     p.add_argument("--seed", type=int, default=0, help="torch seed (hf sampling) and our samplers' seed")
     p.add_argument("--out", default="results/mtbench", help="output directory")
     args = p.parse_args(argv)
@@ -153,32 +156,34 @@ def hf_generate(model: torch.nn.Module, stop_ids: list[int], prompt_lookup: int 
     return run
 
 
-def specdec_generate(backbone: specdec.Backbone, name: str, args: argparse.Namespace) -> Generate:
+def specdec_generate(backbone: specdec.Backbone, name: str, args: argparse.Namespace,
+                     step: VerifyStep | None = None) -> Generate:
     """Our decode loop with a registered drafter; vanilla also records the top-2 logit gaps."""
     drafter = make_drafter(name, **drafter_options(name, args, backbone))
-    return drafter_generate(backbone, drafter, sampling_config(args), track_top2_gaps=name == REFERENCE)
+    return drafter_generate(backbone, drafter, sampling_config(args), track_top2_gaps=name == REFERENCE, step=step)
 
 
 def drafter_generate(backbone: specdec.Backbone, drafter: Drafter, sampling: SamplingConfig,
-                     track_top2_gaps: bool = False) -> Generate:
+                     track_top2_gaps: bool = False, step: VerifyStep | None = None) -> Generate:
     """Our decode loop with an already built drafter (the ablation scripts pass several of one kind)."""
 
     def run(ids: list[int], max_new_tokens: int) -> Generation:
         r = specdec.decode(backbone.model, ids, drafter, max_new_tokens, backbone.stop_ids,
-                           track_top2_gaps=track_top2_gaps, sampling=sampling)
+                           track_top2_gaps=track_top2_gaps, sampling=sampling, step=step)
         return Generation(r.tokens, r.stats.steps, sum(r.stats.accepted), r.top2_gaps)
 
     return run
 
 
-def build_methods(names: list[str], backbone: specdec.Backbone, args: argparse.Namespace) -> dict[str, Generate]:
+def build_methods(names: list[str], backbone: specdec.Backbone, args: argparse.Namespace,
+                  step: VerifyStep | None = None) -> dict[str, Generate]:
     """A generate function per method; the transformers model is loaded once, in the backbone's dtype."""
     from transformers import AutoModelForCausalLM
 
     dtype = backbone.model.output.weight.dtype
     hf_model = AutoModelForCausalLM.from_pretrained(backbone.path, dtype=dtype).to(args.device).eval()
     return {method_label(n, args): hf_generate(hf_model, backbone.stop_ids, HF_METHODS[n], sampling_config(args))
-            if n in HF_METHODS else specdec_generate(backbone, n, args) for n in names}
+            if n in HF_METHODS else specdec_generate(backbone, n, args, step) for n in names}
 
 
 def timed(generate: Generate, ids: list[int], max_new_tokens: int, device: torch.device) -> tuple[Generation, float, float]:
@@ -251,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
     # prompts (even copy-heavy ones with a follow-up) stay well under 2048 tokens
     backbone = specdec.load_backbone(args.backbone, dtype, args.device, max_seq_len=2048 + args.turns * args.max_new_tokens,
                                      quantize=args.quantize)
-    methods = build_methods(args.methods, backbone, args)
+    methods = build_methods(args.methods, backbone, args, VerifyStep(backbone.model, args.verify))
     t0 = time.perf_counter()
     records = run_all(methods, questions, backbone, args)
     results = summarize(records, BASELINE, REFERENCE, identity=args.temperature == 0)
