@@ -248,13 +248,7 @@ class Transformer(nn.Module):
             if tree_mask is None:
                 tree_mask = torch.ones(k, k, dtype=torch.bool, device=tokens.device).tril()
             mask = torch.cat((torch.ones(k, start, dtype=torch.bool, device=tokens.device), tree_mask), dim=1)
-        x = self.tok_embeddings(tokens)
-        layers: dict[int, Tensor] = {}
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, self.kv[i], start, mask)
-            if i in hidden_layers:
-                layers[i] = x
-        hidden = self.norm(x)
+        hidden, layers = self._decoder(tokens, cos, sin, start, mask, hidden_layers)
         logits = self.output(hidden if logits_for is None else hidden[logits_for])
         return ForwardOut(logits=logits, hidden=hidden, layers=layers)
 
@@ -267,15 +261,19 @@ class Transformer(nn.Module):
         offset = torch.arange(size, device=tokens.device) - start  # cache slot relative to the first new node
         in_tree = (offset >= 0) & (offset < k)
         mask = (offset < 0)[None, :] | (tree_mask[:, offset.clamp(0, k - 1)] & in_tree[None, :])
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        hidden, layers = self._decoder(tokens, self.rope_cos[positions], self.rope_sin[positions], start, mask,
+                                       hidden_layers)
+        return self.output(hidden), hidden, layers
+
+    def _decoder(self, tokens: Tensor, cos: Tensor, sin: Tensor, start: int | Tensor, mask: Tensor | None,
+                 hidden_layers: tuple[int, ...]) -> tuple[Tensor, dict[int, Tensor]]:
         x = self.tok_embeddings(tokens)
         layers: dict[int, Tensor] = {}
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, self.kv[i], start, mask)
             if i in hidden_layers:
                 layers[i] = x
-        hidden = self.norm(x)
-        return self.output(hidden), hidden, layers
+        return self.norm(x), layers
 
     def commit(self, accepted: Tensor | None, n_written: int) -> None:
         """Keep the K/V of `accepted` nodes (indices into the last forward, ascending), or all `n_written`."""
