@@ -6,10 +6,10 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from conftest import FAMILIES
+from conftest import CONTEXT, FAMILIES
 from specdec.decode import decode
 from specdec.drafters import NgramDrafter
-from specdec.tree import shape_from_parents
+from specdec.tree import Tree, shape_from_parents
 from specdec.verify_step import VerifyStep, buckets_up_to
 from test_decode import HYP, N, PROMPTS, OracleTreeDrafter, check_stats, reference
 
@@ -106,3 +106,28 @@ def test_cpu_default_is_eager_and_modes_are_checked(tiny_models):
         VerifyStep(model, "fast")
     with pytest.raises(ValueError, match="CUDA"):
         VerifyStep(model, "graphs")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cuda_graph_step_is_lossless(tiny_models, family):
+    """On a GPU: the captured step (fp32, so the reference is exact) over random trees == transformers greedy."""
+    from specdec.backbone import load_transformer
+
+    model = load_transformer(tiny_models[family].path, device="cuda")
+    model.setup_cache(CONTEXT)
+    step = VerifyStep(model)
+    assert step.mode == "graphs"
+    for p in range(len(PROMPTS)):
+        ref = reference(tiny_models, family, p)
+        drafter = OnCuda(PROMPTS[p] + ref, seed=p, max_nodes=40, p_true=0.8, chain_bias=0.4)
+        res = decode(model, PROMPTS[p], drafter, max_new_tokens=N, step=step)
+        assert res.tokens == ref[:N]
+
+
+class OnCuda(OracleTreeDrafter):
+    """The oracle's trees, on the GPU."""
+
+    def propose(self, state):
+        tree = super().propose(state)
+        return Tree(tree.tokens.cuda(), tree.shape.to("cuda"))
