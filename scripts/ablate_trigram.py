@@ -5,7 +5,7 @@ Per-head top-1/top-5 on held-out self-distilled ShareGPT answers, then tau and s
 By default it loads the shipped `medusa` / `medusa-trigram` heads (trained by the same command but the trigram
 flags); --train retrains both under one budget (loaded instead when that exact command already ran).
 
-    python scripts/ablate_trigram.py --threads 1                   # shipped heads, ~8 min on 2 cores
+    python scripts/ablate_trigram.py --threads 1                   # shipped heads, ~7 min on 2 cores
     python scripts/ablate_trigram.py --train --threads 1           # retrain both first (~15 min each at 1 thread)
     python scripts/ablate_trigram.py --quick --out /tmp/abl        # CI smoke test, no data/ or runs/ needed
 """
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-data", type=Path, default=ac.DISTILL_HELDOUT, help="held-out data (gen_distill.py)")
     p.add_argument("--eval-positions", type=int, default=6000)
     p.add_argument("--tree", default="auto", help="tree of both drafters: auto (sparse, from each one's accuracies), N, or a choice list")
-    ac.add_common_flags(p, questions=16, max_new_tokens=128, out=f"results/ablations/{STEM}")
+    ac.add_common_flags(p, questions=8, max_new_tokens=128, out=f"results/ablations/{STEM}")
     return p.parse_args(argv)
 
 
@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 def markdown_table(rows: dict, config: dict) -> str:
     """Per-head accuracies and MT-Bench tau/speedup, one row per variant."""
-    lines = [f"Trigram ablation. {ac.settings_line(config)}; held-out positions: {config['eval_positions']}.", "",
+    conf = rows["off"]["min_confidence"]
+    lines = [f"Trigram ablation. {ac.settings_line(config)}; held-out positions: {config['eval_positions']}. "
+             f"Tree {config['flags']['tree']!r}: each head set's sparse tree from its own accuracies"
+             + (f", drafted only when head 0's top probability is at least {conf}." if conf else "."), "",
              "| trigram | top-1 per head | top-5 per head | tree nodes | tau | speedup | identical |",
              "|---|---|---|---:|---:|---:|---|"]
     for v, r in rows.items():

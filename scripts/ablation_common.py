@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 SCRIPTS = Path(__file__).resolve().parent
 ROOT = SCRIPTS.parent
@@ -30,7 +31,7 @@ from specdec.checkpoint import read_config  # noqa: E402
 from specdec.data import Question, copy_prompts, load_mtbench  # noqa: E402
 from specdec.decode import decode  # noqa: E402
 from specdec.drafters import Drafter  # noqa: E402
-from specdec.medusa import MedusaConfig, MedusaHeads  # noqa: E402
+from specdec.medusa import MedusaHeads  # noqa: E402
 from specdec.metrics import markdown, summarize  # noqa: E402
 from specdec.train_data import append_records, head_data  # noqa: E402
 
@@ -95,7 +96,7 @@ def run_mtbench(backbone: specdec.Backbone, bench: argparse.Namespace, drafters:
 def self_distill(backbone: specdec.Backbone, questions: list[Question], path: Path, max_new_tokens: int) -> Path:
     """gen_distill.py's format made here: greedy answers to `questions` plus the runner's final hidden states."""
     model, records, hidden = backbone.model, [], []
-    for i, q in enumerate(questions):
+    for q in tqdm(questions, desc=f"self-distill {path.stem}", unit="answer"):
         prompt = backbone.encode_chat(q.turns[0])
         answer = decode(model, prompt, max_new_tokens=max_new_tokens, stop_ids=backbone.stop_ids).tokens
         model.reset()
