@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {"config": config, "best": {k: best[k] for k in ("nodes", "depth", "choices", "speedup", "tau")},
                "trees": trees, "methods": methods}
     table = markdown_table(trees, methods, config)
-    paths = ac.write_outputs(args.out, STEM, payload, table, methods, lambda path: plot(trees, path))
+    paths = ac.write_outputs(args.out, STEM, payload, table, methods,
+                             lambda path: plot(trees, methods["vanilla"]["speedup"], path))
     print(table)
     print("wrote " + ", ".join(map(str, paths)))
     return payload
@@ -178,8 +179,8 @@ def markdown_table(trees: list[dict], methods: dict, config: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(trees: list[dict], path: Path) -> None:
-    """Speedup, tau and verify cost against tree size, one line per depth; the best tree starred."""
+def plot(trees: list[dict], plain_speedup: float, path: Path) -> None:
+    """Speedup, tau and verify cost against tree size, one line per depth; the best tree starred, plain decoding dotted."""
     plt = ac.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for depth in sorted({t["depth"] for t in trees}):
@@ -191,6 +192,7 @@ def plot(trees: list[dict], path: Path) -> None:
     axes[0].plot([best["nodes"]], [best["speedup"]], marker="*", markersize=16, color="gold", markeredgecolor="k",
                  linestyle="none", label="best")
     axes[0].axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    axes[0].axhline(plain_speedup, color="k", linewidth=0.8, linestyle=":", label="plain decoding (1 node)")
     for ax, label in zip(axes, ("speedup vs hf generate", "tau (tokens per verify)", "verify cost (x one token)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("tree nodes (root included)")
