@@ -123,9 +123,6 @@ def verify_curve(args: argparse.Namespace, device: torch.device, quantize: str |
         rows.append({"nodes": k, "ms": median_ms(lambda: step(tokens), device, args.repeats)})
     for r in rows:
         r["ratio_vs_k1"] = r["ms"] / rows[0]["ms"]
-    del model, step
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return rows
 
 
@@ -200,8 +197,11 @@ def main(argv: list[str] | None = None) -> dict:
     if "curve" in parts:
         result["curve_shape"], result["context"] = args.shape, args.context
         float_name = "bf16" if device.type == "cuda" else "fp32"
-        result["curve"] = {float_name if q == "none" else q: verify_curve(args, device, None if q == "none" else q)
-                           for q in args.quantize.split(",")}
+        result["curve"] = {}
+        for q in args.quantize.split(","):
+            result["curve"][float_name if q == "none" else q] = verify_curve(args, device, None if q == "none" else q)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # the last 7B model is gone with verify_curve's frame: free its blocks
     args.out.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import load_script
-from specdec.data import Question, copy_prompts, load_mtbench, stratified_subset
+from specdec.data import copy_prompts, load_mtbench, stratified_subset
 from specdec.metrics import TurnRecord, first_divergence, markdown, summarize, write_results
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "mtbench_speedup.py"
