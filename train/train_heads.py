@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"saved {args.head} weights to {out}")
         summary.update(extra)
     if world > 1:
+        dist.barrier()  # rank 0's final eval and save are done before the group goes
+        del trainable  # DDP's reducer holds the group: left alive, gloo's teardown waits on a peer that has exited
         dist.destroy_process_group()
     return summary
 
