@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import time
@@ -16,17 +17,19 @@ from transformers import AutoModelForCausalLM
 from specdec.backbone import load_backbone, resolve_dtype
 
 
-def best_ms(fn, repeats: int, rounds: int = 3) -> float:
-    """Fastest mean over a few rounds, in ms (the minimum filters out other processes' noise)."""
-    for _ in range(2):
+def best_ms(fns: dict, repeats: int, rounds: int) -> dict:
+    """Per function, the fastest mean over rounds in ms; each round times every function once, so a noisy
+    neighbour's load drifts across all k alike instead of skewing one (the minimum filters the rest)."""
+    for fn in fns.values():
         fn()
-    times = []
+    best = {key: float("inf") for key in fns}
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        times.append((time.perf_counter() - t0) / repeats * 1e3)
-    return min(times)
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            best[key] = min(best[key], (time.perf_counter() - t0) / repeats * 1e3)
+    return best
 
 
 def main() -> None:
@@ -37,7 +40,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--context", type=int, default=200, help="tokens already in the cache")
     ap.add_argument("--nodes", default="1,4,8,16,32,64")
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=5, help="forwards per timing")
+    ap.add_argument("--rounds", type=int, default=8, help="timings per k, interleaved over all k")
     ap.add_argument("--out", default="results/runner")
     args = ap.parse_args()
     if args.threads:
@@ -54,23 +58,24 @@ def main() -> None:
     with torch.inference_mode():
         cache = hf(prefix[None], use_cache=True).past_key_values
 
-    rows = []
-    for k in (int(x) for x in args.nodes.split(",")):
+    def ours(tokens: torch.Tensor, mask: torch.Tensor | None):
+        model.forward(tokens, tree_mask=mask)
+
+    def theirs(tokens: torch.Tensor):
+        with torch.inference_mode():
+            hf(tokens[None], past_key_values=cache, use_cache=True)
+        cache.crop(-tokens.shape[0])
+
+    fns = {}
+    ks = [int(x) for x in args.nodes.split(",")]
+    for k in ks:
         tokens = torch.arange(k, device=args.device) + 500
         # a chain is the worst case for the mask (every node sees all earlier ones); trees cost the same
-        mask = torch.ones(k, k, dtype=torch.bool, device=args.device).tril()
-
-        def ours():
-            model.forward(tokens, tree_mask=mask if k > 1 else None)
-
-        def theirs():
-            with torch.inference_mode():
-                hf(tokens[None], past_key_values=cache, use_cache=True)
-            cache.crop(-k)
-
-        ours_ms, hf_ms = best_ms(ours, args.repeats), best_ms(theirs, args.repeats)
-        rows.append({"nodes": k, "specdec_ms": ours_ms, "transformers_ms": hf_ms})
-        print(f"k={k:3d}  specdec {ours_ms:7.1f} ms  transformers {hf_ms:7.1f} ms")
+        mask = torch.ones(k, k, dtype=torch.bool, device=args.device).tril() if k > 1 else None
+        fns[("specdec", k)] = functools.partial(ours, tokens, mask)
+        fns[("transformers", k)] = functools.partial(theirs, tokens)
+    ms = best_ms(fns, args.repeats, args.rounds)
+    rows = [{"nodes": k, "specdec_ms": ms[("specdec", k)], "transformers_ms": ms[("transformers", k)]} for k in ks]
     base = rows[0]
     for r in rows:
         r["specdec_ratio_vs_k1"] = r["specdec_ms"] / base["specdec_ms"]
@@ -80,6 +85,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     name = f"verify_cost_{str(dtype).removeprefix('torch.')}"
     config = {"dtype": str(dtype), "device": args.device, "threads": torch.get_num_threads(), "context": args.context,
+              "repeats": args.repeats, "rounds": args.rounds,
               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "backbone": str(bb.path)}
     (out / f"{name}.json").write_text(json.dumps({"config": config, "rows": rows}, indent=2))
     lines = ["| nodes | specdec ms | x k=1 | transformers ms | x k=1 |", "|---|---|---|---|---|"]

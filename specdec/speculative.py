@@ -11,6 +11,7 @@ from specdec.backbone import Backbone, load_backbone
 from specdec.decode import DecodeStats, decode
 from specdec.drafters import (Drafter, EagleDrafter, LookaheadConfig, LookaheadDrafter, MedusaDrafter, NgramConfig,
                               NgramDrafter, NoDrafter, eagle2)
+from specdec.machine import machine_kind
 from specdec.sampling import SamplingConfig
 from specdec.verify_step import VerifyStep
 
@@ -134,5 +135,5 @@ class LookaheadModel(SpecModel):
     @classmethod
     def make_drafter(cls, backbone: Backbone, **options) -> Drafter:
         """A lookahead drafter: the backbone device's default LookaheadConfig, with `options` replacing its fields."""
-        device = backbone.model.output.weight.device
-        return LookaheadDrafter(replace(LookaheadConfig.for_device(device), **options))
+        kind = machine_kind(backbone.model.tok_embeddings.weight)
+        return LookaheadDrafter(replace(LookaheadConfig.for_machine(kind), **options))

@@ -15,7 +15,7 @@ from conftest import FAMILIES
 from specdec.decode import decode
 from specdec.drafters import make_drafter
 from specdec.drafters.base import DecodeState
-from specdec.drafters.eagle import EagleDrafter, cost_curve, eagle2
+from specdec.drafters.eagle import EagleDrafter, eagle2
 from specdec.eagle import EagleConfig, EagleDraft, load_eagle, save_eagle
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -111,10 +111,6 @@ def test_long_generation_up_to_a_full_context(tiny_models):
     res = decode(model, PROMPTS[1], drafter, max_new_tokens=500)
     assert res.stats.stop_reason == "context" and len(res.tokens) == 64 - len(PROMPTS[1])
     assert res.tokens == tiny_models["qwen2"].greedy(PROMPTS[1], len(res.tokens))
-
-
-def test_cost_aware_tree_size():
-    assert cost_curve({1: 1.0, 4: 1.6, 8: 2.0}, 10).tolist() == pytest.approx([1.0, 1.2, 1.4, 1.6, 1.7, 1.8, 1.9, 2.0, 2.0, 2.0])
 
 
 @pytest.mark.parametrize("cost,plain", [({1: 1.0, 2: 100.0}, True), ({}, False)])

@@ -256,8 +256,9 @@ def test_pool_bounds_hold_over_a_long_generation(tiny_models, runners):
 
 
 def test_config_defaults_and_validation():
-    assert LookaheadConfig.for_device("cpu") == LookaheadConfig()
-    gpu = LookaheadConfig.for_device("cuda")
+    assert LookaheadConfig.for_machine("cpu-fp32") == LookaheadConfig()
+    assert LookaheadConfig.for_machine("cpu-bf16").always_window
+    gpu = LookaheadConfig.for_machine("cuda")
     assert (gpu.window, gpu.ngram, gpu.guesses, gpu.always_window) == (15, 5, 15, True)
     assert isinstance(make_drafter("lookahead"), LookaheadDrafter)
     for bad in (dict(window=0), dict(ngram=1), dict(guesses=0), dict(pool_keys=0)):

@@ -16,27 +16,16 @@ from torch import Tensor
 from specdec.drafters.base import DecodeState, Drafter, root_only
 from specdec.drafters.medusa import head_tree
 from specdec.eagle import EagleDraft, load_eagle
+from specdec.machine import VERIFY_COST, cost_curve, machine_kind
 from specdec.model import Transformer
 from specdec.tree import Tree, parents_from_choices, shape_from_parents
 
-# EAGLE-2 tree (depth, top_k, total_tokens): the paper's GPU setting, and a small one for this 2-core CPU.
-DYNAMIC = {"cpu": (5, 4, 16), "cuda": (6, 10, 60)}
-STATIC_NODES = {"cpu": 15, "cuda": 63}
+# EAGLE-2 tree (depth, top_k, total_tokens) and EAGLE-1 static nodes per machine kind: the paper's GPU setting, small
+# ones for a 2-core CPU, where each draft level costs ~2.4 ms against a ~35 ms verify (cpu-bf16, 8 held-aside MT-Bench
+# answers: depth 3/4/5 at top_k 4: 1.16x/1.05x/0.98x plain; static 7/11/15 nodes: 1.21x/1.24x/1.17x).
+DYNAMIC = {"cpu-fp32": (5, 4, 16), "cpu-bf16": (3, 4, 12), "cuda": (6, 10, 60)}
+STATIC_NODES = {"cpu-fp32": 15, "cpu-bf16": 11, "cuda": 63}
 STATIC_DEPTH = 5
-# Verify forward time for k tree nodes relative to k = 1 (linear in between), measured with the lean runner.
-VERIFY_COST = {"cpu": {1: 1.0, 2: 1.55, 4: 1.75, 8: 1.85, 16: 2.2, 32: 3.0, 64: 4.6}}
-
-
-def cost_curve(points: dict[int, float], n: int) -> Tensor:
-    """Relative verify cost for 1..n nodes (index k - 1), linear between measured points, flat past the last."""
-    ks = sorted(points)
-    out = []
-    for k in range(1, n + 1):
-        hi = next((x for x in ks if x >= k), ks[-1])
-        lo = max((x for x in ks if x <= k), default=ks[0])
-        w = 0.0 if hi == lo else (k - lo) / (hi - lo)
-        out.append(points[lo] + w * (points[hi] - points[lo]))
-    return torch.tensor(out)
 
 
 class EagleDrafter(Drafter):
@@ -48,7 +37,7 @@ class EagleDrafter(Drafter):
                  depth: int | None = None, top_k: int | None = None, total_tokens: int | None = None,
                  verify_cost: dict[int, float] | None = None):
         device = model.output.weight.device
-        kind = device.type if device.type in DYNAMIC else "cuda"
+        kind = machine_kind(model.tok_embeddings.weight)
         self.model = model
         if isinstance(draft, EagleDraft):
             self.draft, meta = draft, {}
@@ -68,11 +57,11 @@ class EagleDrafter(Drafter):
             self.tree_slots = self.depth * self.top_k
         else:
             spec = STATIC_NODES[kind] if tree == "auto" else tree
-            self.choices = head_tree(spec, meta, STATIC_DEPTH if depth is None else depth, len(self.vocab_ids), device)
+            self.choices = head_tree(spec, meta, STATIC_DEPTH if depth is None else depth, len(self.vocab_ids), kind)
             self._plan_static()
             self.total = len(self.choices) + 1
             self.tree_slots = len(self.choices)
-        points = VERIFY_COST.get(device.type) if verify_cost is None else verify_cost
+        points = VERIFY_COST.get(kind) if verify_cost is None else verify_cost
         self.cost = cost_curve(points, self.total).to(device) if points else None
         self.kv: Tensor | None = None
         self.anc: Tensor | None = None

@@ -7,22 +7,27 @@ import torch
 
 from specdec.drafters.base import DecodeState, Drafter, root_only
 from specdec.medusa import MedusaHeads, load_medusa
+from specdec.machine import machine_kind
 from specdec.model import Transformer
 from specdec.tree import Tree, parents_from_choices, parse_choices, shape_from_parents, sparse_tree
 
-# Drafted nodes per tree. CPU (fp32, AVX2): one token runs at GEMV speed, any k >= 2 on the slower GEMM path, and
-# k = 8 is that path's cheapest bucket (shipped trigram heads, 3 MT-Bench answers, 1 thread: 4 nodes 2.1x a plain
-# step for tau 1.45, 7 nodes 1.9x for 1.51, 15 nodes 2.3x for 1.62). GPU: Medusa's 63 nodes, verification is ~free.
-TREE_NODES = {"cpu": 7, "cuda": 63}
-# Same reason: on CPU a tree only pays when head 0 is sure (0.4: 0.81x plain, 0.6: 0.88x, 0.8: 0.88x; tau 1.39/1.30/1.20).
-MIN_CONFIDENCE = {"cpu": 0.6}
+# Drafted nodes per tree, by machine kind (specdec.machine). cpu-fp32 (AVX2): one token runs at GEMV speed, any
+# k >= 2 on the slower GEMM path, and k = 8 is that path's cheapest bucket (shipped trigram heads, 3 MT-Bench answers,
+# 1 thread: 4 nodes 2.1x a plain step for tau 1.45, 7 nodes 1.9x for 1.51, 15 nodes 2.3x for 1.62). cpu-bf16: 8 nodes
+# cost about one token (8 held-aside MT-Bench answers, shipped trigram heads: 7 nodes 1.23x plain, 11 nodes 1.16x,
+# 15 nodes 1.05x). GPU: Medusa's 63 nodes, verification is ~free.
+TREE_NODES = {"cpu-fp32": 7, "cpu-bf16": 7, "cuda": 63}
+# Where any tree costs much more than one token (fp32 CPU), draft only when head 0 is this sure (0.4: 0.81x plain,
+# 0.6: 0.88x, 0.8: 0.88x; tau 1.39/1.30/1.20). On a bf16 CPU a 7-node tree is as cheap as one token: always draft
+# (0.6 there: 1.12x plain against 1.23x).
+MIN_CONFIDENCE = {"cpu-fp32": 0.6}
 # Per-rank accuracies assumed for heads that carry no measured ones (official checkpoints).
 PRIOR_TOP = (0.60, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01, 0.01, 0.01)
 PRIOR_DECAY = 0.75
 
 
-def head_tree(tree: str | int | list, meta: dict, num_heads: int, vocab: int, device: torch.device) -> list[tuple[int, ...]]:
-    """Choices from a choice list, a node count, or "auto" (this device's count), sparse-optimal for the heads."""
+def head_tree(tree: str | int | list, meta: dict, num_heads: int, vocab: int, kind: str) -> list[tuple[int, ...]]:
+    """Choices from a choice list, a node count, or "auto" (the machine kind's count), sparse-optimal for the heads."""
     if isinstance(tree, (list, tuple)) or (isinstance(tree, str) and tree.strip().startswith("[")):
         choices = parse_choices(tree)
         if max(len(c) for c in choices) > num_heads:
@@ -33,7 +38,7 @@ def head_tree(tree: str | int | list, meta: dict, num_heads: int, vocab: int, de
     if isinstance(tree, str) and tree.isdigit():
         tree = int(tree)
     if tree == "auto":
-        tree = TREE_NODES.get(device.type, TREE_NODES["cuda"])
+        tree = TREE_NODES[kind]
     if not isinstance(tree, int) or tree < 1:
         raise ValueError(f"unknown tree spec {tree!r}: use 'auto', a node count, or a choice list like [[0], [1], [0, 0]]")
     acc = meta.get("eval", {}).get("rank_accuracy")
@@ -50,14 +55,14 @@ class MedusaDrafter(Drafter):
     def __init__(self, model: Transformer, heads: str | Path | MedusaHeads = "medusa", tree: str | int | list = "auto",
                  min_confidence: float | None = None):
         device = model.output.weight.device
-        # where a 1-token verify is much cheaper than any tree (CPU), draft only when head 0 is confident
-        self.min_confidence = MIN_CONFIDENCE.get(device.type, 0.0) if min_confidence is None else min_confidence
+        kind = machine_kind(model.tok_embeddings.weight)
+        self.min_confidence = MIN_CONFIDENCE.get(kind, 0.0) if min_confidence is None else min_confidence
         if isinstance(heads, MedusaHeads):
             self.heads, meta = heads, {}
         else:
             self.heads, meta = load_medusa(heads, model)
         self.embed, self.lm_head = model.tok_embeddings.weight, self.heads.draft_lm_head(model.output.weight)
-        self.choices = head_tree(tree, meta, self.heads.config.num_heads, len(self.heads.vocab_ids), device)
+        self.choices = head_tree(tree, meta, self.heads.config.num_heads, len(self.heads.vocab_ids), kind)
         self.shape = shape_from_parents(parents_from_choices(self.choices), device)
         self.node_head = torch.tensor([len(c) - 1 for c in self.choices], device=device)
         self.node_rank = torch.tensor([c[-1] for c in self.choices], device=device)

@@ -1,0 +1,29 @@
+"""Machine kinds and the verify-cost table that every drafter's defaults key on."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specdec.drafters.eagle import DYNAMIC, STATIC_NODES
+from specdec.drafters.lookahead import LookaheadConfig
+from specdec.drafters.medusa import TREE_NODES
+from specdec.machine import KINDS, VERIFY_COST, cost_curve, machine_kind
+
+
+def test_kind_follows_device_and_dtype():
+    assert machine_kind(torch.zeros(2)) == "cpu-fp32"
+    assert machine_kind(torch.zeros(2, dtype=torch.bfloat16)) == "cpu-bf16"
+    assert machine_kind(torch.zeros(2, dtype=torch.float16)) == "cpu-fp32"  # no native fp16 GEMM path on x86 CPUs
+
+
+def test_every_kind_has_drafter_defaults():
+    for table in (TREE_NODES, DYNAMIC, STATIC_NODES):
+        assert set(table) == set(KINDS)
+    assert set(VERIFY_COST) == set(KINDS) - {"cuda"}  # GPU verification is flat: nothing cut
+    assert {LookaheadConfig.for_machine(k).ngram for k in KINDS} == {3, 4, 5}
+
+
+def test_cost_curve_interpolates_and_is_flat_past_the_last_point():
+    assert cost_curve({1: 1.0, 4: 1.6, 8: 2.0}, 10).tolist() == pytest.approx([1.0, 1.2, 1.4, 1.6, 1.7, 1.8, 1.9, 2.0, 2.0, 2.0])
+    for points in VERIFY_COST.values():
+        assert points[1] == 1.0 and cost_curve(points, 64).shape == (64,)
