@@ -17,9 +17,10 @@ from transformers import AutoModelForCausalLM
 from specdec.backbone import load_backbone, resolve_dtype
 
 
-def best_ms(fns: dict, repeats: int, rounds: int) -> dict:
+def best_ms(fns: dict, repeats: int, rounds: int, bar=None) -> dict:
     """Per function, the fastest mean over rounds in ms; each round times every function once, so a noisy
-    neighbour's load drifts across all k alike instead of skewing one (the minimum filters the rest)."""
+    neighbour's load drifts across all of them alike instead of skewing one (the minimum filters the rest).
+    `bar` (a tqdm) advances once per timing."""
     for fn in fns.values():
         fn()
     best = {key: float("inf") for key in fns}
@@ -29,6 +30,8 @@ def best_ms(fns: dict, repeats: int, rounds: int) -> dict:
             for _ in range(repeats):
                 fn()
             best[key] = min(best[key], (time.perf_counter() - t0) / repeats * 1e3)
+            if bar is not None:
+                bar.update()
     return best
 
 

@@ -113,13 +113,10 @@ def verify_costs(model: Transformer, trees: list[dict], context: int, repeats: i
     model.commit(None, context)
     shapes = [shape_from_parents((-1,))] + [shape_from_parents(parents_from_choices([tuple(c) for c in t["choices"]]))
                                             for t in trees]
-    forwards = [verify_forward(model, shape, context) for shape in shapes]
-    best = [math.inf] * len(forwards)
+    forwards = {i: verify_forward(model, shape, context) for i, shape in enumerate(shapes)}
     with tqdm(total=rounds * len(forwards), desc="verify cost", unit="tree") as bar:
-        for _ in range(rounds):
-            for i, forward in enumerate(forwards):
-                best[i] = min(best[i], best_ms(forward, repeats, rounds=1))
-                bar.update()
+        ms = best_ms(forwards, repeats, rounds, bar)
+    best = [ms[i] for i in range(len(shapes))]
     for t, ms in zip(trees, best[1:]):
         t["verify_ms"], t["verify_x"] = ms, ms / best[0]
     model.reset()
