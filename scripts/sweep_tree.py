@@ -115,10 +115,9 @@ def verify_costs(model: Transformer, trees: list[dict], context: int, repeats: i
                                             for t in trees]
     forwards = {i: verify_forward(model, shape, context) for i, shape in enumerate(shapes)}
     with tqdm(total=rounds * len(forwards), desc="verify cost", unit="tree") as bar:
-        ms = best_ms(forwards, repeats, rounds, bar)
-    best = [ms[i] for i in range(len(shapes))]
-    for t, ms in zip(trees, best[1:]):
-        t["verify_ms"], t["verify_x"] = ms, ms / best[0]
+        best = best_ms(forwards, repeats, rounds, bar)
+    for i, t in enumerate(trees, start=1):
+        t["verify_ms"], t["verify_x"] = best[i], best[i] / best[0]
     model.reset()
     return best[0]
 

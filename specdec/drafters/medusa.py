@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 
 from specdec.drafters.base import DecodeState, Drafter, root_only
-from specdec.medusa import MedusaHeads, load_medusa
 from specdec.machine import machine_kind
+from specdec.medusa import MedusaHeads, load_medusa
 from specdec.model import Transformer
 from specdec.tree import Tree, parents_from_choices, parse_choices, shape_from_parents, sparse_tree
 
