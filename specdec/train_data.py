@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -59,23 +60,28 @@ def read_records(path: str | Path) -> list[dict]:
     return records
 
 
-def records_with_hidden(path: str | Path):
-    """(record, prompt + answer ids, hidden states at every position but the last) for each record of a data file."""
-    path = Path(path)
-    feature_dir = path.with_suffix(".features")
-    open_files: dict[str, object] = {}
-    for rec in read_records(path):
-        ids = torch.tensor(rec["prompt"] + rec["answer"])
-        f = rec["features"]
-        if f["file"] not in open_files:
-            open_files[f["file"]] = safe_open(str(feature_dir / f["file"]), "pt")
-        rows = open_files[f["file"]].get_tensor(f"row{f['row']}")
-        if rows.shape[0] != len(ids) - 1:
-            raise ValueError(f"{path}: record {rec['id']} has {rows.shape[0]} hidden states for {len(ids)} tokens")
-        yield rec, ids, rows
+DataPaths = str | Path | Sequence[str | Path]
 
 
-def head_data(path: str | Path, num_heads: int, max_positions: int | None = None, labels: str = "backbone") -> HeadData:
+def records_with_hidden(paths: DataPaths):
+    """(record, prompt + answer ids, hidden states at every position but the last) for each record of one data file
+    or of several, in order."""
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        path = Path(path)
+        feature_dir = path.with_suffix(".features")
+        open_files: dict[str, object] = {}
+        for rec in read_records(path):
+            ids = torch.tensor(rec["prompt"] + rec["answer"])
+            f = rec["features"]
+            if f["file"] not in open_files:
+                open_files[f["file"]] = safe_open(str(feature_dir / f["file"]), "pt")
+            rows = open_files[f["file"]].get_tensor(f"row{f['row']}")
+            if rows.shape[0] != len(ids) - 1:
+                raise ValueError(f"{path}: record {rec['id']} has {rows.shape[0]} hidden states for {len(ids)} tokens")
+            yield rec, ids, rows
+
+
+def head_data(path: DataPaths, num_heads: int, max_positions: int | None = None, labels: str = "backbone") -> HeadData:
     """All answer positions of a data file (the first max_positions), labels for num_heads heads.
 
     labels="backbone": the backbone's own next tokens ("target" where recorded, else the greedy answer itself);
@@ -93,7 +99,9 @@ def head_data(path: str | Path, num_heads: int, max_positions: int | None = None
             nxt[start:] = torch.tensor(rec["target"])
         t = torch.arange(start, end)
         hidden.append(rows[start:end])
-        context.append(torch.stack((ids[(t - 1).clamp(min=0)], ids[t], nxt[t]), dim=1))
+        # the token after t as it stands in the sequence: labels from t + 1 on were computed after it, and when
+        # drafting it is the backbone's own choice
+        context.append(torch.stack((ids[(t - 1).clamp(min=0)], ids[t], ids[t + 1]), dim=1))
         ahead = t[:, None] + 1 + torch.arange(num_heads)  # head i predicts the token after position t + 1 + i
         label_rows.append(torch.where(ahead < len(nxt), nxt[ahead.clamp(max=len(nxt) - 1)], -100))
         total += end - start
@@ -124,7 +132,7 @@ class SequenceData:
         return sum(len(t) - p for t, p in zip(self.tokens, self.prompt_len))
 
 
-def sequence_data(path: str | Path, max_positions: int | None = None) -> SequenceData:
+def sequence_data(path: DataPaths, max_positions: int | None = None) -> SequenceData:
     """Conversations with at least two answer tokens, up to max_positions answer tokens in all."""
     data = SequenceData([], [], [])
     for rec, ids, rows in records_with_hidden(path):

@@ -15,7 +15,7 @@ from specdec.decode import decode
 from specdec.drafters import EagleDrafter, MedusaDrafter
 from specdec.eagle import load_eagle
 from specdec.medusa import load_medusa
-from specdec.train_data import append_records, head_data
+from specdec.train_data import append_records, head_data, sequence_data
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,6 +72,15 @@ def test_labels_are_the_backbones_next_tokens(distilled):
     assert data.labels[47].tolist() == nxt[len(nxt) - 48 + 1 : len(nxt) - 48 + 4]
 
 
+def test_several_data_files_are_read_in_order(distilled):
+    _, _, root, _ = distilled
+    files = [root / "train.jsonl", root / "eval.jsonl"]
+    one, other, both = head_data(files[0], 2), head_data(files[1], 2), head_data(files, 2)
+    assert torch.equal(both.labels, torch.cat((one.labels, other.labels)))
+    assert torch.equal(both.hidden, torch.cat((one.hidden, other.hidden)))
+    assert len(sequence_data(files)) == len(sequence_data(files[0])) + len(sequence_data(files[1]))
+
+
 def test_recorded_backbone_targets_are_the_default_labels(tmp_path):
     # teacher-forced ShareGPT records carry the backbone's argmax per answer position as "target"
     prompt, answer, target = [5, 6, 7], [8, 9, 10, 11, 12], [20, 21, 22, 23, 24]
@@ -83,7 +92,8 @@ def test_recorded_backbone_targets_are_the_default_labels(tmp_path):
     assert backbone.labels[0].tolist() == [21, 22] and text.labels[0].tolist() == [9, 10]
     assert backbone.labels[-1].tolist() == [24, -100] and len(backbone) == 4
     assert torch.equal(backbone.hidden[0], rows[0][2].half())
-    assert backbone.context[0].tolist() == [6, 7, 20] and text.context[0].tolist() == [6, 7, 8]  # t-1, t, t+1
+    # t-1, t, t+1 as in the sequence: the label 21 is the backbone's choice after 8, not after its own 20
+    assert backbone.context[0].tolist() == text.context[0].tolist() == [6, 7, 8]
 
 
 def test_loss_falls_and_eval_reports_every_head(distilled, tmp_path):

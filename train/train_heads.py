@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--head", choices=("medusa", "eagle"), default="medusa")
     p.add_argument("--backbone", default=None, help="local HF directory (default: the embedded SmolLM2)")
-    p.add_argument("--data", type=Path, required=True, help="gen_distill.py JSONL (hidden states beside it)")
+    p.add_argument("--data", type=Path, nargs="+", required=True,
+                   help="gen_distill.py JSONL file(s), hidden states beside each; several are read in order")
     p.add_argument("--eval-data", type=Path, default=None, help="held-out JSONL for per-head accuracy")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--labels", choices=("backbone", "data"), default="backbone",
