@@ -81,13 +81,17 @@ def records_with_hidden(paths: DataPaths):
             yield rec, ids, rows
 
 
+LABELS = ("backbone", "greedy-path", "data")
+
+
 def head_data(path: DataPaths, num_heads: int, max_positions: int | None = None, labels: str = "backbone") -> HeadData:
     """All answer positions of a data file (the first max_positions), labels for num_heads heads.
 
     labels="backbone": the backbone's own next tokens ("target" where recorded, else the greedy answer itself);
-    labels="data": the answer's tokens."""
-    if labels not in ("backbone", "data"):
-        raise ValueError(f"labels must be 'backbone' or 'data', got {labels!r}")
+    "greedy-path": those, kept only where the tokens from t+1 to the label's position are the backbone's own
+    choices, as when drafting (teacher-forced text strays from them); "data": the answer's tokens."""
+    if labels not in LABELS:
+        raise ValueError(f"labels must be one of {LABELS}, got {labels!r}")
     hidden, context, label_rows = [], [], []
     total = 0
     for rec, ids, rows in records_with_hidden(path):
@@ -95,7 +99,7 @@ def head_data(path: DataPaths, num_heads: int, max_positions: int | None = None,
         if end <= start:
             continue
         nxt = ids[1:].clone()  # nxt[q]: the token after position q
-        if labels == "backbone" and "target" in rec:
+        if labels != "data" and "target" in rec:
             nxt[start:] = torch.tensor(rec["target"])
         t = torch.arange(start, end)
         hidden.append(rows[start:end])
@@ -103,13 +107,19 @@ def head_data(path: DataPaths, num_heads: int, max_positions: int | None = None,
         # drafting it is the backbone's own choice
         context.append(torch.stack((ids[(t - 1).clamp(min=0)], ids[t], ids[t + 1]), dim=1))
         ahead = t[:, None] + 1 + torch.arange(num_heads)  # head i predicts the token after position t + 1 + i
-        label_rows.append(torch.where(ahead < len(nxt), nxt[ahead.clamp(max=len(nxt) - 1)], -100))
+        valid = ahead < len(nxt)
+        if labels == "greedy-path":  # label i needs tokens t+1 .. t+1+i to be the backbone's picks after t .. t+i
+            on_path = ids[1:] == nxt
+            valid &= on_path[(ahead - 1).clamp(max=len(nxt) - 1)].cummin(dim=1).values
+        label_rows.append(torch.where(valid, nxt[ahead.clamp(max=len(nxt) - 1)], -100))
         total += end - start
         if max_positions is not None and total >= max_positions:
             break
     if not hidden:
         raise ValueError(f"{path} has no answer positions to train on")
-    data = HeadData(torch.cat(hidden), torch.cat(context), torch.cat(label_rows))
+    label_t = torch.cat(label_rows)
+    keep = label_t[:, 0] != -100  # greedy-path drops positions off the path: no head has a label there
+    data = HeadData(torch.cat(hidden)[keep], torch.cat(context)[keep], label_t[keep])
     if max_positions is not None:
         data = HeadData(data.hidden[:max_positions], data.context[:max_positions], data.labels[:max_positions])
     return data

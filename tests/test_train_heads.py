@@ -96,6 +96,17 @@ def test_recorded_backbone_targets_are_the_default_labels(tmp_path):
     assert backbone.context[0].tolist() == text.context[0].tolist() == [6, 7, 8]
 
 
+def test_greedy_path_labels_stop_where_the_text_leaves_the_backbones_choices(tmp_path):
+    # after 9 the backbone would say 30, the text says 10: labels at or past that point are not drafting's
+    prompt, answer, target = [5, 6, 7], [8, 9, 10, 11, 12], [8, 9, 30, 11, 12]
+    rows = [torch.randn(len(prompt) + len(answer) - 1, 4)]
+    append_records(tmp_path / "d.jsonl", "a.safetensors", [{"id": "x", "prompt": prompt, "answer": answer, "target": target}], rows)
+    data = head_data(tmp_path / "d.jsonl", 2, labels="greedy-path")
+    assert data.labels.tolist() == [[9, 30], [30, -100], [12, -100]]
+    assert torch.equal(data.hidden, rows[0][[2, 3, 5]].half())  # position 4 (token 9 -> 10) is off the path
+    assert len(head_data(tmp_path / "d.jsonl", 2)) == 4
+
+
 def test_loss_falls_and_eval_reports_every_head(distilled, tmp_path):
     tiny, model, root, _ = distilled
     out = train_heads.main(args_for(tiny, root, tmp_path / "run", "--epochs", "4", "--lr", "1e-2", "--trigram", "0"))

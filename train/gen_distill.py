@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         if is_heldout(cid) != want_heldout or (args.answers == "sharegpt" and len(messages) < 2):
             continue
         ids = format_chat(tokenizer, messages[:1], chat_format)
-        reply = tokenizer(messages[1]["content"], add_special_tokens=False).input_ids[: args.max_new_tokens - 1]
+        reply = [] if args.answers == "generate" else \
+            tokenizer(messages[1]["content"], add_special_tokens=False).input_ids[: args.max_new_tokens - 1]
         if len(ids) <= args.max_prompt_tokens and (args.answers == "generate" or reply):
             prompts.append((cid, ids, reply))
     todo = sorted((p for p in prompts if p[0] not in done), key=lambda p: len(p[1]) + len(p[2]))  # less padding per batch

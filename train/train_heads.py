@@ -33,7 +33,7 @@ from specdec.backbone import backbone_dir, load_transformer, resolve_dtype  # no
 from specdec.eagle import EagleConfig, EagleDraft, save_eagle  # noqa: E402
 from specdec.medusa import MedusaConfig, MedusaHeads, save_medusa  # noqa: E402
 from specdec.model import Transformer, rope_tables  # noqa: E402
-from specdec.train_data import HeadData, head_data, sequence_data  # noqa: E402
+from specdec.train_data import LABELS, HeadData, head_data, sequence_data  # noqa: E402
 from specdec.train_eagle import eagle_losses, pack, rollout_accuracy  # noqa: E402
 
 EVAL_RANKS = 10
@@ -47,8 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="gen_distill.py JSONL file(s), hidden states beside each; several are read in order")
     p.add_argument("--eval-data", type=Path, default=None, help="held-out JSONL for per-head accuracy")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--labels", choices=("backbone", "data"), default="backbone",
-                   help="backbone: its own next tokens (self-distillation); data: the answer text's tokens")
+    p.add_argument("--labels", choices=LABELS, default="backbone",
+                   help="backbone: its own next tokens (self-distillation); greedy-path: those only where the text "
+                        "follows the backbone's own choices (for teacher-forced ShareGPT replies); data: the text's tokens")
     p.add_argument("--num-heads", type=int, default=4)
     p.add_argument("--num-layers", type=int, default=1)
     p.add_argument("--trigram", default="none", help="'none', 'all' or head indices like 0,1")
