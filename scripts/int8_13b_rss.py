@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory_plan import SHAPES, plan  # noqa: E402
 from specdec.backbone import resolve_dtype  # noqa: E402

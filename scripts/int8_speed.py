@@ -10,17 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from specdec.backbone import load_backbone  # noqa: E402
-from specdec.data import load_mtbench, stratified_subset  # noqa: E402
-from specdec.decode import decode  # noqa: E402
-from specdec.metrics import first_divergence  # noqa: E402
+from specdec.backbone import load_backbone
+from specdec.data import load_mtbench, stratified_subset
+from specdec.decode import decode
+from specdec.metrics import first_divergence
 
 CONFIGS = {  # label: (activation dtype, quantize)
     "fp32": ("fp32", None),

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from specdec.model import ModelArgs  # noqa: E402
+from specdec.model import ModelArgs
 
 GIB = 2**30
 CARDS_GIB = (32, 48, 80)

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from specdec.backbone import backbone_dir, resolve_dtype, stop_ids  # noqa: E402
-from specdec.chat import detect_chat_format, format_chat  # noqa: E402
-from specdec.data import is_heldout, load_sharegpt  # noqa: E402
-from specdec.train_data import append_records  # noqa: E402
+from specdec.backbone import backbone_dir, resolve_dtype, stop_ids
+from specdec.chat import detect_chat_format, format_chat
+from specdec.data import is_heldout, load_sharegpt
+from specdec.train_data import append_records
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -28,13 +28,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from specdec.backbone import backbone_dir, load_transformer, resolve_dtype  # noqa: E402
-from specdec.eagle import EagleConfig, EagleDraft, save_eagle  # noqa: E402
-from specdec.medusa import MedusaConfig, MedusaHeads, save_medusa  # noqa: E402
-from specdec.model import Transformer, rope_tables  # noqa: E402
-from specdec.train_data import LABELS, HeadData, head_data, sequence_data  # noqa: E402
-from specdec.train_eagle import eagle_losses, pack, rollout_accuracy  # noqa: E402
+from specdec.backbone import backbone_dir, load_transformer, resolve_dtype
+from specdec.eagle import EagleConfig, EagleDraft, save_eagle
+from specdec.medusa import MedusaConfig, MedusaHeads, save_medusa
+from specdec.model import Transformer, rope_tables
+from specdec.train_data import LABELS, HeadData, head_data, sequence_data
+from specdec.train_eagle import eagle_losses, pack, rollout_accuracy
 
 EVAL_RANKS = 10
 
