@@ -2,6 +2,9 @@
 
 Input j of a conversation is (f_j, x_{j+1}); its target is f_{j+1}: SmoothL1 on the feature plus 0.1 x the
 cross-entropy against the backbone's own distribution softmax(lm_head f_{j+1}), on answer positions only.
+With `steps` > 1 the draft is also trained on what it reads when drafting s tokens ahead (EAGLE-3's training-time
+test, HASS's context alignment): at step s input j is (the step s-1 output at j-1, x_{j+1}), attending to the
+teacher-forced keys up to j-s+1 and to its own steps' keys on the diagonal, exactly the draft cache at depth s.
 """
 from __future__ import annotations
 
@@ -47,19 +50,46 @@ def pack(data: SequenceData, index: list[int], device: torch.device, dtype: torc
                        pos_t.to(device), mask.to(device), torch.cat(answer).to(device))
 
 
-def eagle_losses(draft: torch.nn.Module, batch: PackedBatch, embed: Tensor, lm_head: Tensor, cos: Tensor, sin: Tensor,
-                 noise: float) -> Tensor:
-    """[feature SmoothL1, token cross-entropy] over answer positions; inputs get uniform noise of width `noise`."""
+def rollout_mask(batch: PackedBatch, step: int) -> Tensor:
+    """[n, step * n] attention of step `step` (1-based) over the keys of steps 1..step: teacher-forced keys up to
+    j - step + 1, then the key of step u at row j - (step - u); rows of other conversations never."""
+    same = batch.mask | batch.mask.T  # same conversation (the packed mask is causal within it)
+    lag = batch.positions[:, None] - batch.positions[None, :]
+    return torch.cat([same & (lag >= step - 1)] + [same & (lag == step - u) for u in range(2, step + 1)], dim=1)
+
+
+def rollout_outputs(draft: torch.nn.Module, batch: PackedBatch, embed: Tensor, cos: Tensor, sin: Tensor, steps: int,
+                    noise: float) -> list[tuple[Tensor, Tensor]]:
+    """(draft outputs [n, d], rows that exist at this step [n]) for steps 1..`steps`; noise on step 1's inputs only."""
     x = batch.features + (torch.rand_like(batch.features) - 0.5) * noise
     module = draft.module if hasattr(draft, "module") else draft
-    kv = module.new_cache(x.shape[0]).to(x.dtype)
-    out = draft(x, batch.tokens, embed, cos[batch.positions], sin[batch.positions], kv, 0, batch.mask)[batch.answer]
-    target = batch.targets[batch.answer]
-    feature_loss = F.smooth_l1_loss(out.float(), target.float())
-    with torch.no_grad():
-        p = F.softmax(F.linear(target, lm_head).float(), dim=-1)
-    token_loss = -(p * F.log_softmax(F.linear(out, lm_head).float(), dim=-1)).sum(-1).mean()
-    return torch.stack((feature_loss, token_loss))
+    n = x.shape[0]
+    kv = module.new_cache(n).to(x.dtype)
+    c, s = cos[batch.positions], sin[batch.positions]
+    out = draft(x, batch.tokens, embed, c, s, kv, 0, batch.mask)
+    results = [(out, torch.ones(n, dtype=torch.bool, device=x.device))]
+    for step in range(2, steps + 1):
+        prev = torch.cat((out[:1], out[:-1]))  # row j reads row j-1's; rows where that is another conversation's
+        # (position < step - 1) do not exist at this step and no row that does exist attends to them
+        kv = torch.cat((kv, module.new_cache(n).to(x.dtype)), dim=2)  # a new tensor: autograd needs the old keys as read
+        out = draft(prev, batch.tokens, embed, c, s, kv, (step - 1) * n, rollout_mask(batch, step))
+        results.append((out, batch.positions >= step - 1))
+    return results
+
+
+def eagle_losses(draft: torch.nn.Module, batch: PackedBatch, embed: Tensor, lm_head: Tensor, cos: Tensor, sin: Tensor,
+                 noise: float, steps: int = 1) -> Tensor:
+    """[feature SmoothL1, token cross-entropy] over answer positions, averaged over `steps` drafting steps."""
+    total = torch.zeros(2, device=batch.features.device)
+    for out, exists in rollout_outputs(draft, batch, embed, cos, sin, steps, noise):
+        keep = batch.answer & exists
+        out, target = out[keep], batch.targets[keep]
+        feature_loss = F.smooth_l1_loss(out.float(), target.float())
+        with torch.no_grad():
+            p = F.softmax(F.linear(target, lm_head).float(), dim=-1)
+        token_loss = -(p * F.log_softmax(F.linear(out, lm_head).float(), dim=-1)).sum(-1).mean()
+        total = total + torch.stack((feature_loss, token_loss))
+    return total / steps
 
 
 @torch.no_grad()

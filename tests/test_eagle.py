@@ -17,6 +17,8 @@ from specdec.drafters import make_drafter
 from specdec.drafters.base import DecodeState
 from specdec.drafters.eagle import EagleDrafter, eagle2
 from specdec.eagle import EagleConfig, EagleDraft, load_eagle, save_eagle
+from specdec.train_data import SequenceData
+from specdec.train_eagle import pack, rollout_outputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 HYP = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -225,3 +227,36 @@ def test_registry_and_tree_specs(runners, tmp_path):
         eagle2(model, random_draft(model), top_k=0)
     with pytest.raises(FileNotFoundError, match="no shipped"):
         load_eagle("eagle", model)
+
+
+@pytest.mark.parametrize("steps", [2, 4])
+def test_multi_step_training_reads_what_drafting_reads(runners, steps):
+    """Training-time test in one packed pass == drafting `steps` tokens ahead from every row, one step at a time,
+    over a cache of teacher-forced entries: same inputs, same attention, same outputs."""
+    model = runners["llama"]
+    draft = random_draft(model, seed=5)
+    g = torch.Generator().manual_seed(3)
+    lengths = [9, 4, 12]
+    data = SequenceData([torch.randn(n - 1, model.args.dim, generator=g) for n in lengths],
+                        [torch.randint(0, model.args.vocab_size, (n,), generator=g) for n in lengths], [3, 2, 5])
+    batch = pack(data, [0, 1, 2], torch.device("cpu"), torch.float32)
+    embed, cos, sin = model.tok_embeddings.weight, model.rope_cos, model.rope_sin
+    outputs = rollout_outputs(draft, batch, embed, cos, sin, steps, noise=0.0)
+    row = 0
+    for f, ids in zip(data.hidden, data.tokens):
+        n = len(ids) - 2
+        for j in range(n):  # anchor j: teacher-forced entries 0..j, then the draft's own outputs
+            kv = draft.new_cache(n + steps)
+            pos = torch.arange(j + 1)
+            h = draft(f[: j + 1], ids[1 : j + 2], embed, cos[pos], sin[pos], kv, 0, None)[-1:]
+            torch.testing.assert_close(h, outputs[0][0][row + j : row + j + 1])
+            for s in range(2, steps + 1):
+                if j + s - 1 >= n:
+                    break
+                p = torch.tensor([j + s - 1])
+                h = draft(h, ids[j + s : j + s + 1], embed, cos[p], sin[p], kv, j + s - 1, None)
+                out, exists = outputs[s - 1]
+                assert exists[row + j + s - 1]
+                torch.testing.assert_close(h, out[row + j + s - 1 : row + j + s], atol=1e-5, rtol=1e-4)
+        assert not outputs[-1][1][row : row + steps - 1].any()  # rows with no anchor `steps` back do not exist
+        row += n

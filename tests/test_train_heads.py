@@ -191,3 +191,25 @@ def test_eagle_resume_after_a_kill_gives_the_same_draft(distilled, tmp_path):
     b, _ = load_eagle(tmp_path / "cut" / "eagle", model)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.allclose(x, y, atol=1e-5), name
+
+
+def test_init_continues_from_saved_weights_and_eagle_trains_steps_ahead(distilled, tmp_path):
+    tiny, model, root, _ = distilled
+    medusa = train_heads.main(args_for(tiny, root, tmp_path / "m", "--epochs", "3", "--lr", "1e-2", "--draft-vocab", "200"))
+    again = train_heads.main(args_for(tiny, root, tmp_path / "m2", "--epochs", "1", "--num-heads", "5",
+                                      "--init", str(tmp_path / "m" / "heads")))
+    assert sum(again["losses"][0]) < 0.8 * sum(medusa["losses"][0])  # starts where the first run ended
+    heads, _ = load_medusa(tmp_path / "m2" / "heads", model)
+    assert heads.config.num_heads == 3 and len(heads.vocab_ids) == 200  # the saved config, not the options
+    first = train_heads.main(args_for(tiny, root, tmp_path / "e", *EAGLE, "--epochs", "3", "--draft-vocab", "300"))
+    ahead = train_heads.main(args_for(tiny, root, tmp_path / "e2", *EAGLE, "--epochs", "3", "--rollout-steps", "3",
+                                      "--init", str(tmp_path / "e" / "eagle")))
+    assert ahead["losses"][-1][1] < ahead["losses"][0][1]
+    assert ahead["eval"]["top1"][0] > 0 and len(ahead["eval"]["top1"]) == 3
+    drafter = EagleDrafter(model, tmp_path / "e2" / "eagle", tree="dynamic", verify_cost={})
+    assert len(drafter.draft.vocab_ids) == 300 and first["eval"]["positions"] == ahead["eval"]["positions"]
+    for ids in seqs_of(distilled)[:2]:
+        prompt = ids[: len(ids) - 48]
+        assert decode(model, prompt, drafter, max_new_tokens=48).tokens == tiny.greedy(prompt, 48)
+    with pytest.raises(SystemExit):
+        train_heads.parse_args(["--data", "x", "--out", "y", "--rollout-steps", "2"])  # Medusa has no steps ahead

@@ -29,8 +29,8 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from specdec.backbone import backbone_dir, load_transformer, resolve_dtype
-from specdec.eagle import EagleConfig, EagleDraft, save_eagle
-from specdec.medusa import MedusaConfig, MedusaHeads, save_medusa
+from specdec.eagle import EagleConfig, EagleDraft, load_eagle, save_eagle
+from specdec.medusa import MedusaConfig, MedusaHeads, load_medusa, save_medusa
 from specdec.model import Transformer, rope_tables
 from specdec.train_data import LABELS, HeadData, head_data, sequence_data
 from specdec.train_eagle import eagle_losses, pack, rollout_accuracy
@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--noise", type=float, default=0.2, help="eagle: width of the uniform noise on input features")
     p.add_argument("--token-weight", type=float, default=0.1, help="eagle: weight of the token loss (feature loss: 1)")
     p.add_argument("--eval-depth", type=int, default=5, help="eagle: tokens drafted ahead in evaluation")
+    p.add_argument("--rollout-steps", type=int, default=1,
+                   help="eagle: also train on drafting 2..N tokens ahead from the draft's own features (EAGLE-3's "
+                        "training-time test); 1: teacher forcing only")
+    p.add_argument("--init", default=None,
+                   help="start from these saved heads / draft ('medusa', 'eagle', ... for the shipped ones); their "
+                        "config (heads, trigram, draft vocabulary) replaces those options")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-positions", type=int, default=None, help="train on the first N answer positions")
     p.add_argument("--micro-batch", type=int, default=None,
@@ -82,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
     eagle = args.head == "eagle"
+    if args.rollout_steps < 1 or (args.rollout_steps > 1 and not eagle):
+        p.error("--rollout-steps must be at least 1, and above 1 only with --head eagle")
     args.micro_batch = args.micro_batch or (4 if eagle else 256)
     args.lr = args.lr or (3e-4 if eagle else 1e-3)
     return args
@@ -183,14 +191,18 @@ class Task:
 def medusa_task(args: argparse.Namespace, model: Transformer, device: torch.device) -> Task:
     """Medusa heads over cached answer positions."""
     embed = model.tok_embeddings.weight
+    if args.init:
+        heads = load_medusa(args.init, model)[0].float().requires_grad_(True)
+        args.num_heads = heads.config.num_heads
     data = head_data(args.data, args.num_heads, args.max_positions, args.labels)
     eval_data = head_data(args.eval_data, args.num_heads, args.eval_positions) if args.eval_data else None
-    config = MedusaConfig(model.args.dim, model.args.vocab_size, args.num_heads, args.num_layers,
-                          trigram_flags(args.trigram, args.num_heads), args.own_lm_head, args.draft_vocab, args.trigram_tokens)
-    heads = MedusaHeads(config)
-    if args.draft_vocab:
-        heads.vocab_ids.copy_(frequent_tokens(data.labels[:, 0], args.draft_vocab))
-    heads.init_lm_heads(model.output.weight.float().cpu())
+    if not args.init:
+        heads = MedusaHeads(MedusaConfig(model.args.dim, model.args.vocab_size, args.num_heads, args.num_layers,
+                                         trigram_flags(args.trigram, args.num_heads), args.own_lm_head, args.draft_vocab,
+                                         args.trigram_tokens))
+        if args.draft_vocab:
+            heads.vocab_ids.copy_(frequent_tokens(data.labels[:, 0], args.draft_vocab))
+        heads.init_lm_heads(model.output.weight.float().cpu())
     heads.to(device)
 
     def losses(trainable: torch.nn.Module, micro: torch.Tensor) -> torch.Tensor:
@@ -208,17 +220,21 @@ def eagle_task(args: argparse.Namespace, model: Transformer, device: torch.devic
     embed = model.tok_embeddings.weight
     data = sequence_data(args.data, args.max_positions)
     eval_data = sequence_data(args.eval_data) if args.eval_data else None
-    draft = EagleDraft(EagleConfig(model.args.dim, model.args.vocab_size, args.draft_vocab), model.args)
-    if args.draft_vocab:
-        answers = torch.cat([t[p:] for t, p in zip(data.tokens, data.prompt_len)])
-        draft.vocab_ids.copy_(frequent_tokens(answers, args.draft_vocab))
+    if args.init:
+        draft = load_eagle(args.init, model)[0].float().requires_grad_(True)
+    else:
+        draft = EagleDraft(EagleConfig(model.args.dim, model.args.vocab_size, args.draft_vocab), model.args)
+        if args.draft_vocab:
+            answers = torch.cat([t[p:] for t, p in zip(data.tokens, data.prompt_len)])
+            draft.vocab_ids.copy_(frequent_tokens(answers, args.draft_vocab))
     draft.to(device)
     cos, sin = rope_tables(model.args, max(len(t) for t in data.tokens + (eval_data.tokens if eval_data else [])) + 8,
                            torch.float32, device)
 
     def losses(trainable: torch.nn.Module, micro: torch.Tensor) -> torch.Tensor:
         batch = pack(data, micro.tolist(), device, torch.float32)
-        return eagle_losses(trainable, batch, embed, draft.draft_lm_head(model.output.weight), cos, sin, args.noise)
+        return eagle_losses(trainable, batch, embed, draft.draft_lm_head(model.output.weight), cos, sin, args.noise,
+                            args.rollout_steps)
 
     def evaluate_draft() -> dict:
         draft.eval()
