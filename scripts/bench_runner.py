@@ -1,4 +1,5 @@
 """Verify-cost curve of the lean runner against transformers: one forward of k tree nodes on a filled cache.
+On a CPU the runner is timed with oneDNN-packed linears (the default) and with plain nn.Linear ("unpacked").
 
     python scripts/bench_runner.py --dtype fp32 --nodes 1,4,8,16,32,64 --out results/runner
 """
@@ -15,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from specdec.backbone import load_backbone, resolve_dtype
+from specdec.packed import PackedLinear
 
 
 def best_ms(fns: dict, repeats: int, rounds: int, bar=None) -> dict:
@@ -51,17 +53,20 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     dtype = resolve_dtype(args.dtype, args.device)
     bb = load_backbone(args.backbone, dtype, args.device)
-    model = bb.model
+    runners = {"specdec": bb.model}
+    if any(isinstance(m, PackedLinear) for m in bb.model.modules()):
+        runners["unpacked"] = load_backbone(args.backbone, dtype, args.device, pack=False).model
     hf = AutoModelForCausalLM.from_pretrained(bb.path, dtype=dtype).to(args.device).eval()
     prefix = torch.arange(args.context, device=args.device) + 100
 
-    model.reset()
-    model.forward(prefix)
-    model.commit(None, args.context)
+    for model in runners.values():
+        model.reset()
+        model.forward(prefix)
+        model.commit(None, args.context)
     with torch.inference_mode():
         cache = hf(prefix[None], use_cache=True).past_key_values
 
-    def ours(tokens: torch.Tensor, mask: torch.Tensor | None):
+    def ours(model, tokens: torch.Tensor, mask: torch.Tensor | None):
         model.forward(tokens, tree_mask=mask)
 
     def theirs(tokens: torch.Tensor):
@@ -75,14 +80,16 @@ def main() -> None:
         tokens = torch.arange(k, device=args.device) + 500
         # a chain is the worst case for the mask (every node sees all earlier ones); trees cost the same
         mask = torch.ones(k, k, dtype=torch.bool, device=args.device).tril() if k > 1 else None
-        fns[("specdec", k)] = functools.partial(ours, tokens, mask)
+        for name, model in runners.items():
+            fns[(name, k)] = functools.partial(ours, model, tokens, mask)
         fns[("transformers", k)] = functools.partial(theirs, tokens)
     ms = best_ms(fns, args.repeats, args.rounds)
-    rows = [{"nodes": k, "specdec_ms": ms[("specdec", k)], "transformers_ms": ms[("transformers", k)]} for k in ks]
+    names = [*runners, "transformers"]
+    rows = [{"nodes": k, **{f"{n}_ms": ms[(n, k)] for n in names}} for k in ks]
     base = rows[0]
     for r in rows:
-        r["specdec_ratio_vs_k1"] = r["specdec_ms"] / base["specdec_ms"]
-        r["transformers_ratio_vs_k1"] = r["transformers_ms"] / base["transformers_ms"]
+        for n in names:
+            r[f"{n}_ratio_vs_k1"] = r[f"{n}_ms"] / base[f"{n}_ms"]
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,9 +98,9 @@ def main() -> None:
               "repeats": args.repeats, "rounds": args.rounds,
               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "backbone": str(bb.path)}
     (out / f"{name}.json").write_text(json.dumps({"config": config, "rows": rows}, indent=2))
-    lines = ["| nodes | specdec ms | x k=1 | transformers ms | x k=1 |", "|---|---|---|---|---|"]
-    lines += [f"| {r['nodes']} | {r['specdec_ms']:.1f} | {r['specdec_ratio_vs_k1']:.2f} | {r['transformers_ms']:.1f} | "
-              f"{r['transformers_ratio_vs_k1']:.2f} |" for r in rows]
+    lines = ["| nodes | " + " | ".join(f"{n} ms | x k=1" for n in names) + " |", "|---" * (1 + 2 * len(names)) + "|"]
+    lines += ["| " + " | ".join([str(r["nodes"])] + [f"{r[f'{n}_ms']:.1f} | {r[f'{n}_ratio_vs_k1']:.2f}" for n in names])
+              + " |" for r in rows]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -47,11 +47,12 @@ def card_bandwidth(name: str) -> float | None:
 
 
 def weight_bytes(model: Transformer) -> int:
-    """Bytes of weights one decoding step reads: every parameter and buffer except an untied embedding table
-    (a step reads one of its rows); a tied table is read once, as the lm_head."""
+    """Bytes of weights one decoding step reads: every parameter and buffer except the embedding table (a step reads
+    one of its rows), unless the lm_head multiplies by that table itself (tied and not packed)."""
     tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
-    if not model.args.tie_embeddings:
-        tensors.pop(id(model.tok_embeddings.weight))
+    table = model.tok_embeddings.weight
+    if not (type(model.output) is torch.nn.Linear and model.output.weight is table):
+        tensors.pop(id(table))
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -94,9 +95,10 @@ class MedusaHeads(nn.Module):
         """The backbone lm_head's rows the heads score (all of them without a draft vocabulary)."""
         return lm_head[self.vocab_ids] if self.config.draft_vocab else lm_head
 
-    def forward(self, hidden: Tensor, context_ids: Tensor | None, embed: Tensor, lm_head: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, context_ids: Tensor | None, embed: Tensor,
+                lm_head: Tensor | Callable[[Tensor], Tensor]) -> Tensor:
         """hidden [n, d] at positions t; context_ids [n, 3] = tokens (t-1, t, t+1), needed only by trigram heads;
-        lm_head: draft_lm_head(backbone lm_head), taken once by the caller."""
+        lm_head: draft_lm_head(backbone lm_head), taken once by the caller, or a function applying it (packed)."""
         context = None
         if any(self.config.trigram):
             if context_ids is None:
@@ -107,7 +109,8 @@ class MedusaHeads(nn.Module):
         if self.config.own_lm_head:
             return torch.stack([h.lm_head(f) for h, f in zip(self.heads, feats)])
         k, n, d = feats.shape
-        return F.linear(feats.reshape(k * n, d), lm_head).view(k, n, -1)  # one matmul: lm_head is read once
+        flat = feats.reshape(k * n, d)  # one matmul: lm_head is read once
+        return (lm_head(flat) if callable(lm_head) else F.linear(flat, lm_head)).view(k, n, -1)
 
     def init_lm_heads(self, lm_head: Tensor) -> None:
         """Start head-owned lm_heads as copies of the backbone's (its draft-vocabulary rows)."""

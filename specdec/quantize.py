@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from specdec.model import ModelArgs, Transformer
+from specdec.packed import PackedLinear
 
 METHODS = ("int8", "bnb-int8")
 LINEAR_NAMES = ("wqkv", "wo", "w13", "w2", "output")
@@ -105,7 +106,7 @@ def linears(model: Transformer, method: str) -> list[tuple[nn.Module, str]]:
     """(parent, attribute) of every linear to quantise; LLM.int8 keeps the lm_head in float, as transformers does."""
     names = LINEAR_NAMES if method == "int8" else LINEAR_NAMES[:-1]
     return [(parent, name) for parent in model.modules() for name in names
-            if isinstance(getattr(parent, name, None), nn.Linear)]
+            if isinstance(getattr(parent, name, None), (nn.Linear, PackedLinear))]
 
 
 @torch.no_grad()

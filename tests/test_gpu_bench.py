@@ -40,6 +40,6 @@ def test_card_bandwidth_and_weight_bytes(tiny_models):
     assert bench.card_bandwidth("NVIDIA H200") == 4.8e12
     assert bench.card_bandwidth("Radeon 9000") is None
     model = tiny_models["llama"].load()  # untied: the embedding table is not read in full per step
-    everything = sum(p.numel() * p.element_size() for p in model.parameters())
+    everything = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     table = model.tok_embeddings.weight
     assert bench.weight_bytes(model) == everything - table.numel() * table.element_size()

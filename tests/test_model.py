@@ -1,4 +1,4 @@
-"""The lean runner against transformers: same logits (fp32, 1e-4) for every architecture path,
+"""The lean runner against transformers: same logits (fp32, 1e-4 + 1e-5 of their scale) for every architecture path,
 for full prompts, incremental chains, tree-masked verify forwards, KV commit and hidden layers."""
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from specdec.tree import shape_from_parents
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ATOL = 1e-4
+# oneDNN's packed fp32 GEMM sums in another order than transformers' matmuls: rounding grows with the values' scale
+RTOL = 1e-5
 
 
 def rand_ids(n: int, seed: int) -> list[int]:
@@ -24,7 +26,8 @@ def rand_ids(n: int, seed: int) -> list[int]:
 def assert_close(ours: torch.Tensor, ref: torch.Tensor, what: str) -> None:
     assert ours.shape == ref.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(ref.shape)}"
     err = (ours.float() - ref.float()).abs().max().item()
-    assert err <= ATOL, f"{what}: max |diff| {err:.3g} > {ATOL}"
+    tol = ATOL + RTOL * ref.float().abs().max().item()
+    assert err <= tol, f"{what}: max |diff| {err:.3g} > {tol:.3g}"
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -7,6 +7,7 @@ expected tokens per unit of verify cost when the device's verify cost grows with
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from specdec.drafters.medusa import head_tree
 from specdec.eagle import EagleDraft, load_eagle
 from specdec.machine import VERIFY_COST, cost_curve, machine_kind
 from specdec.model import Transformer
+from specdec.packed import linear_fn, pack_linears
 from specdec.tree import Tree, parents_from_choices, shape_from_parents
 
 # EAGLE-2 tree (depth, top_k, total_tokens) and EAGLE-1 static nodes per machine kind: the paper's GPU setting, small
@@ -39,12 +41,14 @@ class EagleDrafter(Drafter):
         device = model.output.weight.device
         kind = machine_kind(model.tok_embeddings.weight)
         self.model = model
-        if isinstance(draft, EagleDraft):
-            self.draft, meta = draft, {}
+        if isinstance(draft, EagleDraft):  # a copy: packing its linears must not touch a module still being trained
+            self.draft, meta = copy.deepcopy(draft).requires_grad_(False), {}
         else:
             self.draft, meta = load_eagle(draft, model)
+        pack_linears(self.draft)
         self.embed = model.tok_embeddings.weight
         self.lm_head = self.draft.draft_lm_head(model.output.weight)
+        self.score = linear_fn(self.lm_head)
         self.vocab_ids = self.draft.vocab_ids
         self.dynamic = tree == "dynamic"
         if self.dynamic:
@@ -119,14 +123,14 @@ class EagleDrafter(Drafter):
         pos = torch.full((n,), self.length + depth - 1, device=device)
         out = self.draft(feats, tokens, self.embed, self.model.rope_cos[pos], self.model.rope_sin[pos], self.kv,
                          self.length + written, mask)
-        return out, F.log_softmax(F.linear(out, self.lm_head).float(), dim=-1)
+        return out, F.log_softmax(self.score(out).float(), dim=-1)
 
     # ---------------------------------------------------------------- trees
 
     def propose(self, state: DecodeState) -> Tree:
         if self.length + self.depth > self.model.max_seq_len:
             return root_only(state)
-        logp = F.log_softmax(F.linear(self.last, self.lm_head).float(), dim=-1)[0]
+        logp = F.log_softmax(self.score(self.last).float(), dim=-1)[0]
         tokens, parents, scores = self._dynamic(logp) if self.dynamic else self._static(logp)
         order = scores.sort(descending=True, stable=True).indices[: self.total - 1]  # stable: parents before children
         size = torch.tensor([len(order)], device=order.device)

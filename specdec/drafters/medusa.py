@@ -1,6 +1,7 @@
 """Medusa drafting: each head's top-k tokens fill a static sparse tree, one batched head step per verify."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -9,6 +10,7 @@ from specdec.drafters.base import DecodeState, Drafter, root_only
 from specdec.machine import machine_kind
 from specdec.medusa import MedusaHeads, load_medusa
 from specdec.model import Transformer
+from specdec.packed import linear_fn, pack_linears
 from specdec.tree import Tree, parents_from_choices, parse_choices, shape_from_parents, sparse_tree
 
 # Drafted nodes per tree, by machine kind (specdec.machine). cpu-fp32 (AVX2): one token runs at GEMV speed, any
@@ -57,11 +59,13 @@ class MedusaDrafter(Drafter):
         device = model.output.weight.device
         kind = machine_kind(model.tok_embeddings.weight)
         self.min_confidence = MIN_CONFIDENCE.get(kind, 0.0) if min_confidence is None else min_confidence
-        if isinstance(heads, MedusaHeads):
-            self.heads, meta = heads, {}
+        if isinstance(heads, MedusaHeads):  # a copy: packing its linears must not touch heads still being trained
+            self.heads, meta = copy.deepcopy(heads).requires_grad_(False), {}
         else:
             self.heads, meta = load_medusa(heads, model)
-        self.embed, self.lm_head = model.tok_embeddings.weight, self.heads.draft_lm_head(model.output.weight)
+        pack_linears(self.heads)
+        self.embed = model.tok_embeddings.weight
+        self.lm_head = linear_fn(self.heads.draft_lm_head(model.output.weight))
         self.choices = head_tree(tree, meta, self.heads.config.num_heads, len(self.heads.vocab_ids), kind)
         self.shape = shape_from_parents(parents_from_choices(self.choices), device)
         self.node_head = torch.tensor([len(c) - 1 for c in self.choices], device=device)
