@@ -1,8 +1,8 @@
 """Which kind of machine a backbone runs on, and what a verify forward of k nodes costs there: drafter defaults key on it.
 
-A CPU in fp32 (or without native bf16) runs one token at GEMV speed and any k >= 2 on a slower GEMM path; in bf16 on a
-CPU with AVX512-BF16 one token takes a GEMV path slower than the GEMM path of 2-8 tokens, so small trees are free and
-16-32 nodes cost ~1.3-1.4x one; on a GPU verification is nearly flat up to ~64 nodes.
+On a CPU the runner's linears are oneDNN-packed (specdec.packed): a forward of 2-8 nodes then costs about as much as
+one token in fp32 and bf16 alike, 16 nodes ~1.3-1.5x and 32 ~2x (before packing, fp32 paid 1.4-1.8x for any k >= 2);
+on a GPU verification is nearly flat up to ~64 nodes.
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from torch import Tensor
 KINDS = ("cpu-fp32", "cpu-bf16", "cuda")
 
 # Forward time of k tree nodes relative to k = 1 on a 200-token cache, `python scripts/bench_runner.py --dtype ...`
-# (results/runner/), 2-core AMD EPYC, SmolLM2-135M. A GPU has no entry: nothing is cut there.
+# (results/runner/), 2-core AMD EPYC with AVX512-BF16, SmolLM2-135M, packed linears. A GPU has no entry: nothing is cut.
 VERIFY_COST = {
-    "cpu-fp32": {1: 1.0, 2: 1.55, 4: 1.75, 8: 1.85, 16: 2.2, 32: 3.0, 64: 4.6},
-    "cpu-bf16": {1: 1.0, 2: 0.87, 4: 0.86, 8: 1.03, 12: 1.27, 16: 1.29, 24: 1.41, 32: 1.43, 48: 1.99, 64: 2.26},
+    "cpu-fp32": {1: 1.0, 2: 1.18, 4: 1.13, 8: 1.09, 12: 1.27, 16: 1.31, 24: 1.92, 32: 2.04, 48: 2.86, 64: 3.56},
+    "cpu-bf16": {1: 1.0, 2: 1.06, 4: 1.01, 8: 1.12, 12: 1.27, 16: 1.51, 24: 1.69, 32: 2.08, 48: 2.99, 64: 3.42},
 }
 
 

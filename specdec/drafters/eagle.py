@@ -23,10 +23,10 @@ from specdec.packed import linear_fn, pack_linears
 from specdec.tree import Tree, parents_from_choices, shape_from_parents
 
 # EAGLE-2 tree (depth, top_k, total_tokens) and EAGLE-1 static nodes per machine kind: the paper's GPU setting, small
-# ones for a 2-core CPU, where each draft level costs ~2.4 ms against a ~35 ms verify (cpu-bf16, 8 held-aside MT-Bench
-# answers: depth 3/4/5 at top_k 4: 1.16x/1.05x/0.98x plain; static 7/11/15 nodes: 1.21x/1.24x/1.17x).
-DYNAMIC = {"cpu-fp32": (5, 4, 16), "cpu-bf16": (3, 4, 12), "cuda": (6, 10, 60)}
-STATIC_NODES = {"cpu-fp32": 15, "cpu-bf16": 11, "cuda": 63}
+# ones for a 2-core CPU with packed linears (8 held-aside MT-Bench answers, bf16: EAGLE-2 3/4/12 1.48x plain, 4/4/16
+# 1.38x, 5/4/16 1.29x, 5/6/32 1.32x; static 11/15/23 nodes 1.37x/1.32x/1.28x; fp32: 3/4/12 1.43x, 5/4/16 1.31x).
+DYNAMIC = {"cpu-fp32": (3, 4, 12), "cpu-bf16": (3, 4, 12), "cuda": (6, 10, 60)}
+STATIC_NODES = {"cpu-fp32": 11, "cpu-bf16": 11, "cuda": 63}
 STATIC_DEPTH = 5
 
 

@@ -13,16 +13,10 @@ from specdec.model import Transformer
 from specdec.packed import linear_fn, pack_linears
 from specdec.tree import Tree, parents_from_choices, parse_choices, shape_from_parents, sparse_tree
 
-# Drafted nodes per tree, by machine kind (specdec.machine). cpu-fp32 (AVX2): one token runs at GEMV speed, any
-# k >= 2 on the slower GEMM path, and k = 8 is that path's cheapest bucket (shipped trigram heads, 3 MT-Bench answers,
-# 1 thread: 4 nodes 2.1x a plain step for tau 1.45, 7 nodes 1.9x for 1.51, 15 nodes 2.3x for 1.62). cpu-bf16: 8 nodes
-# cost about one token (8 held-aside MT-Bench answers, shipped trigram heads: 7 nodes 1.23x plain, 11 nodes 1.16x,
-# 15 nodes 1.05x). GPU: Medusa's 63 nodes, verification is ~free.
+# Drafted nodes per tree, by machine kind (specdec.machine). On a CPU with packed linears 8 nodes cost about one token
+# (cpu-bf16, 8 held-aside MT-Bench answers, shipped trigram heads: 7 nodes 1.23x plain, 11 nodes 1.16x, 15 nodes 1.05x;
+# cpu-fp32: 7 nodes 1.35x plain, tau 1.62). GPU: Medusa's 63 nodes, verification is ~free.
 TREE_NODES = {"cpu-fp32": 7, "cpu-bf16": 7, "cuda": 63}
-# Where any tree costs much more than one token (fp32 CPU), draft only when head 0 is this sure (0.4: 0.81x plain,
-# 0.6: 0.88x, 0.8: 0.88x; tau 1.39/1.30/1.20). On a bf16 CPU a 7-node tree is as cheap as one token: always draft
-# (0.6 there: 1.12x plain against 1.23x).
-MIN_CONFIDENCE = {"cpu-fp32": 0.6}
 # Per-rank accuracies assumed for heads that carry no measured ones (official checkpoints).
 PRIOR_TOP = (0.60, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01, 0.01, 0.01)
 PRIOR_DECAY = 0.75
@@ -55,10 +49,10 @@ class MedusaDrafter(Drafter):
     name = "medusa"
 
     def __init__(self, model: Transformer, heads: str | Path | MedusaHeads = "medusa", tree: str | int | list = "auto",
-                 min_confidence: float | None = None):
+                 min_confidence: float = 0.0):
         device = model.output.weight.device
         kind = machine_kind(model.tok_embeddings.weight)
-        self.min_confidence = MIN_CONFIDENCE.get(kind, 0.0) if min_confidence is None else min_confidence
+        self.min_confidence = min_confidence
         if isinstance(heads, MedusaHeads):  # a copy: packing its linears must not touch heads still being trained
             self.heads, meta = copy.deepcopy(heads).requires_grad_(False), {}
         else:
@@ -86,7 +80,7 @@ class MedusaDrafter(Drafter):
 
 
 def medusa_trigram(model: Transformer, heads: str | Path | MedusaHeads = "medusa-trigram", tree: str | int | list = "auto",
-                   min_confidence: float | None = None) -> MedusaDrafter:
+                   min_confidence: float = 0.0) -> MedusaDrafter:
     """The trigram-conditioned variant with its shipped heads by default."""
     drafter = MedusaDrafter(model, heads, tree, min_confidence)
     drafter.name = "medusa-trigram"
