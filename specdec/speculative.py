@@ -103,8 +103,9 @@ class NgramModel(SpecModel):
 
     @classmethod
     def make_drafter(cls, backbone: Backbone, **options) -> Drafter:
-        """An n-gram drafter; options are NgramConfig fields."""
-        return NgramDrafter(NgramConfig(**options))
+        """An n-gram drafter: the backbone device's default NgramConfig, with `options` replacing its fields."""
+        kind = machine_kind(backbone.model.tok_embeddings.weight)
+        return NgramDrafter(replace(NgramConfig.for_machine(kind), **options))
 
 
 class MedusaModel(SpecModel):

@@ -7,6 +7,7 @@ import torch
 from specdec.drafters.eagle import DYNAMIC, STATIC_NODES
 from specdec.drafters.lookahead import LookaheadConfig
 from specdec.drafters.medusa import TREE_NODES
+from specdec.drafters.ngram import NgramConfig
 from specdec.machine import KINDS, VERIFY_COST, cost_curve, machine_kind
 
 
@@ -22,9 +23,21 @@ def test_every_kind_has_drafter_defaults():
     assert set(VERIFY_COST) == set(KINDS) - {"cuda"}  # GPU verification is flat: nothing cut
     assert LookaheadConfig.for_machine("cuda").ngram == 5
     assert LookaheadConfig.for_machine("cpu-fp32") == LookaheadConfig.for_machine("cpu-bf16")  # packed: alike
+    assert NgramConfig.for_machine("cpu-fp32") == NgramConfig() and NgramConfig.for_machine("cpu-bf16").min_ngram == 1
 
 
 def test_cost_curve_interpolates_and_is_flat_past_the_last_point():
     assert cost_curve({1: 1.0, 4: 1.6, 8: 2.0}, 10).tolist() == pytest.approx([1.0, 1.2, 1.4, 1.6, 1.7, 1.8, 1.9, 2.0, 2.0, 2.0])
     for points in VERIFY_COST.values():
         assert points[1] == 1.0 and cost_curve(points, 64).shape == (64,)
+
+
+def test_ngram_drafter_takes_the_machine_kinds_defaults_unless_given_a_config(tiny_models):
+    from specdec.decode import decode
+    from specdec.drafters import NgramDrafter
+
+    model = tiny_models["qwen2"].load()
+    default, given = NgramDrafter(), NgramDrafter(NgramConfig(min_ngram=3))
+    for drafter in (default, given):
+        decode(model, [5, 6, 7, 5, 6], drafter, max_new_tokens=3)
+    assert default.config == NgramConfig.for_machine("cpu-fp32") and given.config.min_ngram == 3
