@@ -160,7 +160,7 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32, devic
     """The lean runner with the weights of a local Hugging Face Llama/Mistral/Qwen2 directory.
 
     quantize: None, "int8" (weight-only, per channel) or "bnb-int8" (bitsandbytes LLM.int8), one layer at a time on device.
-    pack: on a CPU, float linears get oneDNN-packed weights (`specdec.packed`), same results, faster."""
+    pack: on a CPU, float linears get oneDNN-packed weights (`specdec.packed`): faster, equal up to float rounding."""
     path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.is_file():

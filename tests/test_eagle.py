@@ -86,7 +86,7 @@ def test_tree_scores_equal_a_recomputation_from_scratch(runners, tree):
 
 
 def drafter_logp(drafter: EagleDrafter) -> torch.Tensor:
-    return F.log_softmax(F.linear(drafter.last, drafter.lm_head).float(), dim=-1)[0]
+    return F.log_softmax(drafter.score(drafter.last).float(), dim=-1)[0]
 
 
 @HYP

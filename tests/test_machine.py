@@ -41,3 +41,9 @@ def test_ngram_drafter_takes_the_machine_kinds_defaults_unless_given_a_config(ti
     for drafter in (default, given):
         decode(model, [5, 6, 7, 5, 6], drafter, max_new_tokens=3)
     assert default.config == NgramConfig.for_machine("cpu-fp32") and given.config.min_ngram == 3
+
+
+@pytest.mark.parametrize("bad", [dict(min_ngram=0), dict(min_ngram=4), dict(draft_len=0), dict(max_nodes=0)])
+def test_ngram_config_validation(bad):
+    with pytest.raises(ValueError):
+        NgramConfig(**bad)

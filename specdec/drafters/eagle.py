@@ -47,8 +47,7 @@ class EagleDrafter(Drafter):
             self.draft, meta = load_eagle(draft, model)
         pack_linears(self.draft)
         self.embed = model.tok_embeddings.weight
-        self.lm_head = self.draft.draft_lm_head(model.output.weight)
-        self.score = linear_fn(self.lm_head)
+        self.score = linear_fn(self.draft.draft_lm_head(model.output.weight))  # the draft's lm_head, packed
         self.vocab_ids = self.draft.vocab_ids
         self.dynamic = tree == "dynamic"
         if self.dynamic:

@@ -25,6 +25,12 @@ class NgramConfig:
     max_branches: int = 4
     max_nodes: int = 16  # drafted nodes, root excluded
 
+    def __post_init__(self):
+        if not 1 <= self.min_ngram <= self.max_ngram:
+            raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {self.min_ngram}, {self.max_ngram}")
+        if self.draft_len < 1 or self.max_branches < 1 or self.max_nodes < 1:
+            raise ValueError("draft_len, max_branches and max_nodes must be at least 1")
+
     @classmethod
     def for_machine(cls, kind: str) -> "NgramConfig":
         """By specdec.machine kind; cpu-bf16 (8 held-aside MT-Bench answers): min_ngram 1, draft_len 6, 8 nodes 1.40x
@@ -38,10 +44,6 @@ class NgramDrafter(Drafter):
     name = "ngram"
 
     def __init__(self, config: NgramConfig | None = None):
-        if config is not None and not 1 <= config.min_ngram <= config.max_ngram:
-            raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {config.min_ngram}, {config.max_ngram}")
-        if config is not None and (config.draft_len < 1 or config.max_branches < 1 or config.max_nodes < 1):
-            raise ValueError("draft_len, max_branches and max_nodes must be at least 1")
         self.requested = config  # None: NgramConfig.for_machine at begin()
         self.config = config or NgramConfig()
         self.index: dict[int, dict[tuple[int, ...], list[int]]] = {}
