@@ -29,6 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backbone", default=None, help="local HF directory (default: the embedded SmolLM2)")
     p.add_argument("--out", type=Path, required=True, help="JSONL file to write (appended to on resume)")
     p.add_argument("--num-prompts", type=int, default=2000)
+    p.add_argument("--skip", type=int, default=0,
+                   help="pass over the split's first N usable prompts (more data on top of an earlier --num-prompts N run)")
     p.add_argument("--split", choices=("train", "heldout"), default="train")
     p.add_argument("--max-prompt-tokens", type=int, default=256, help="longer prompts are skipped")
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     want_heldout = args.split == "heldout"
     prompts: list[tuple[str, list[int], list[int]]] = []
     for cid, messages in load_sharegpt(args.sharegpt):
-        if len(prompts) == args.num_prompts:
+        if len(prompts) == args.skip + args.num_prompts:
             break
         if is_heldout(cid) != want_heldout or (args.answers == "sharegpt" and len(messages) < 2):
             continue
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             tokenizer(messages[1]["content"], add_special_tokens=False).input_ids[: args.max_new_tokens - 1]
         if len(ids) <= args.max_prompt_tokens and (args.answers == "generate" or reply):
             prompts.append((cid, ids, reply))
+    prompts = prompts[args.skip :]
     todo = sorted((p for p in prompts if p[0] not in done), key=lambda p: len(p[1]) + len(p[2]))  # less padding per batch
     print(f"{len(prompts)} prompts, {len(prompts) - len(todo)} already done, {len(todo)} to generate", flush=True)
 

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from specdec.drafters.base import DecodeState, Drafter, NoDrafter
-from specdec.drafters.eagle import EagleDrafter, eagle2
+from specdec.drafters.eagle import EagleDrafter, eagle2, eagle2_lookup
 from specdec.drafters.lookahead import LookaheadConfig, LookaheadDrafter
 from specdec.drafters.medusa import MedusaDrafter, medusa_trigram
 from specdec.drafters.ngram import NgramConfig, NgramDrafter
 
 DRAFTERS = {"vanilla": NoDrafter, "ngram": NgramDrafter, "lookahead": LookaheadDrafter,
-            "medusa": MedusaDrafter, "medusa-trigram": medusa_trigram, "eagle": EagleDrafter, "eagle2": eagle2}
+            "medusa": MedusaDrafter, "medusa-trigram": medusa_trigram, "eagle": EagleDrafter, "eagle2": eagle2,
+            "eagle2-lookup": eagle2_lookup}
 
 
 def make_drafter(name: str, **options) -> Drafter:

@@ -66,10 +66,11 @@ class NgramDrafter(Drafter):
     def update(self, state: DecodeState) -> None:
         self._extend(state.tokens)
 
-    def continuations(self, tokens: list[int]) -> list[list[int]]:
-        """Distinct draft continuations for the current context, best first (longest match, most recent)."""
+    def continuations(self, tokens: list[int]) -> list[tuple[int, list[int]]]:
+        """Distinct draft continuations for the current context with the length of the match that found each, best
+        first (longest match, most recent)."""
         c = self.config
-        found: list[list[int]] = []
+        found: list[tuple[int, list[int]]] = []
         seen: set[tuple[int, ...]] = set()
         for n in range(c.max_ngram, c.min_ngram - 1, -1):
             if len(tokens) < n:
@@ -79,7 +80,7 @@ class NgramDrafter(Drafter):
                 key = tuple(cont)
                 if cont and key not in seen:
                     seen.add(key)
-                    found.append(cont)
+                    found.append((n, cont))
                     if len(found) == c.max_branches:
                         return found
         return found
@@ -88,7 +89,7 @@ class NgramDrafter(Drafter):
         tokens = state.tokens
         parents, node_tokens = [-1], [tokens[-1]]
         children: list[dict[int, int]] = [{}]
-        for cont in self.continuations(tokens):
+        for _, cont in self.continuations(tokens):
             node = 0
             for t in cont:
                 nxt = children[node].get(t)
