@@ -22,7 +22,7 @@ from tqdm import tqdm
 import specdec
 from specdec.backbone import resolve_dtype
 from specdec.data import Question, copy_prompts, load_mtbench, stratified_subset
-from specdec.drafters import DRAFTERS, Drafter, make_drafter
+from specdec.drafters import Drafter, drafter_factory, drafter_names, make_drafter
 from specdec.metrics import (PEAK_MEM_MEANING, TurnRecord, markdown, peak_memory_mb, reset_peak_memory, summarize,
                              write_results)
 from specdec.sampling import SamplingConfig
@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def available_methods() -> list[str]:
     """Method names that can run now: the transformers baselines and every registered drafter."""
-    return list(HF_METHODS) + list(DRAFTERS)
+    return list(HF_METHODS) + drafter_names()
 
 
 def resolve_methods(spec: str) -> list[str]:
@@ -128,7 +128,7 @@ def method_label(name: str, args: argparse.Namespace) -> str:
 
 def drafter_options(name: str, args: argparse.Namespace, backbone: specdec.Backbone) -> dict:
     """The backbone model, --heads (Medusa heads or an EAGLE draft) and --tree for the drafters that take them."""
-    params = inspect.signature(DRAFTERS[name]).parameters
+    params = inspect.signature(drafter_factory(name)).parameters
     given = {"model": backbone.model, "heads": args.heads, "draft": args.heads, "tree": args.tree}
     return {k: v for k, v in given.items() if v is not None and k in params}
 

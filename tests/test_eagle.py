@@ -109,27 +109,6 @@ def test_random_drafts_are_lossless(tiny_models, runners, family, p, seed, dynam
     assert max(res.stats.tree_sizes) <= (total if dynamic else nodes + 1) + (6 if lookup else 0)
 
 
-def test_lookup_unites_its_continuation_with_the_eagle2_tree_and_learns_its_accuracy(runners):
-    model = runners["llama"]
-    drafter = eagle2(model, random_draft(model, 5), depth=2, top_k=2, total_tokens=6, verify_cost={},
-                     lookup=NgramConfig(max_ngram=2, min_ngram=1, draft_len=4))
-    prompt = [11, 12, 13, 14, 15, 16, 11, 12]
-    state = begun(model, drafter, prompt)
-    state.tokens[-1] = 13  # pending "13" after "11 12": its 2-gram "12 13" continues "14 15 16 11"
-    tree = drafter.propose(state)
-    parents, tokens = tree.shape.parents, tree.tokens.tolist()
-    siblings = [(p, t) for p, t in zip(parents, tokens)]
-    assert len(set(siblings)) == len(siblings)  # a token both drafters propose is one node
-    node, path = 0, []
-    for t in (14, 15, 16, 11):
-        node = next(i for i in range(1, len(parents)) if parents[i] == node and tokens[i] == t)
-        path.append(node)
-    assert len(path) == 4 and tree.shape.size <= 6 + 4
-    assert drafter.chain == (2, [14, 15, 16, 11])
-    drafter._score_lookup(2, [14, 15, 16, 11], [14, 15, 9])  # the backbone took 14 15, then not 16
-    assert drafter.tries[2][:4] == [1, 1, 1, 0] and drafter.hits[2][:4] == [1, 1, 0, 0]
-
-
 def test_long_generation_up_to_a_full_context(tiny_models):
     model = tiny_models["qwen2"].load(max_seq_len=64)
     drafter = eagle2(model, random_draft(model, 1), depth=4, top_k=4, total_tokens=12, verify_cost={})
@@ -241,7 +220,7 @@ def test_registry_and_tree_specs(runners, tmp_path):
     model = runners["mistral"]
     path = save_eagle(tmp_path / "e", random_draft(model, 3), model)
     assert make_drafter("eagle2", model=model, draft=str(path)).name == "eagle2"
-    assert make_drafter("eagle2-lookup", model=model, draft=str(path)).lookup is not None
+    assert make_drafter("eagle2+lookup", model=model, draft=str(path)).lookup is not None
     static = make_drafter("eagle", model=model, draft=str(path), tree="[[0], [1], [0, 0]]")
     assert static.choices == [(0,), (1,), (0, 0)] and static.depth == 2
     for bad in ("bushy", 0, "[[1, 0]]"):

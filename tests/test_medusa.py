@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from conftest import FAMILIES, VOCAB
 from test_decode import PROMPTS
 from specdec.decode import decode
-from specdec.drafters import DecodeState, MedusaDrafter, make_drafter
+from specdec.drafters import DecodeState, MedusaDrafter, NgramConfig, make_drafter
 from specdec.medusa import MedusaConfig, MedusaHeads, load_medusa, save_medusa
 from specdec.tree import sparse_tree
 
@@ -206,11 +206,12 @@ def test_sparse_tree_is_optimal(acc, n):
 
 @HYP
 @given(family=st.sampled_from(FAMILIES), p=st.integers(0, 3), seed=st.integers(0, 10**6), nodes=st.integers(1, 24),
-       trigram=st.lists(st.booleans(), min_size=1, max_size=4), own=st.booleans(), draft_vocab=st.sampled_from([0, 7, 100]))
-def test_random_heads_are_lossless(tiny_models, runners, family, p, seed, nodes, trigram, own, draft_vocab):
+       trigram=st.lists(st.booleans(), min_size=1, max_size=4), own=st.booleans(), draft_vocab=st.sampled_from([0, 7, 100]),
+       lookup=st.booleans())
+def test_random_heads_are_lossless(tiny_models, runners, family, p, seed, nodes, trigram, own, draft_vocab, lookup):
     model = runners[family]
     heads = random_heads(model, len(trigram), trigram, seed=seed, own=own, draft_vocab=draft_vocab)
-    drafter = MedusaDrafter(model, heads, tree=nodes)
+    drafter = MedusaDrafter(model, heads, tree=nodes, lookup=NgramConfig(min_ngram=1, draft_len=5) if lookup else False)
     res = decode(model, PROMPTS[p], drafter, max_new_tokens=32)
     assert res.tokens == tiny_models[family].greedy(PROMPTS[p], 32)
 

@@ -4,14 +4,11 @@ eagle (EAGLE-1): a static tree (a Medusa-style choice list: path (r1, r2, ...) =
 eagle2 (EAGLE-2): a dynamic tree: at each depth the top_k nodes by path log-probability are expanded, then all
 candidates are reranked and the best total_tokens - 1 kept. Either way the tree is cut to the size that maximises
 expected tokens per unit of verify cost when the device's verify cost grows with tree size (this CPU).
-eagle2-lookup: EAGLE-2's tree united with the prompt-lookup continuation of the context's longest matching n-gram,
-whose tokens are scored by how often this generation's earlier lookups of that n were right at each depth.
+Either takes a prompt-lookup branch (lookup=True, "eagle2+lookup"; specdec.drafters.lookup).
 """
 from __future__ import annotations
 
 import copy
-import math
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,12 +17,13 @@ from torch import Tensor
 
 from specdec.drafters.base import DecodeState, Drafter, root_only
 from specdec.drafters.medusa import head_tree
-from specdec.drafters.ngram import NgramConfig, NgramDrafter
+from specdec.drafters.lookup import best_tree, lookup_branch
+from specdec.drafters.ngram import NgramConfig
 from specdec.eagle import EagleDraft, load_eagle
 from specdec.machine import VERIFY_COST, cost_curve, machine_kind
 from specdec.model import Transformer
 from specdec.packed import linear_fn, pack_linears
-from specdec.tree import Tree, parents_from_choices, shape_from_parents
+from specdec.tree import Tree, parents_from_choices
 
 # EAGLE-2 tree (depth, top_k, total_tokens) and EAGLE-1 static nodes per machine kind: the paper's GPU setting, small
 # ones for a 2-core CPU with packed linears (8 held-aside MT-Bench answers, bf16: EAGLE-2 3/4/12 1.48x plain, 4/4/16
@@ -69,14 +67,8 @@ class EagleDrafter(Drafter):
             self._plan_static()
             self.total = len(self.choices) + 1
             self.tree_slots = len(self.choices)
-        self.lookup: NgramDrafter | None = None
-        if lookup:  # one continuation, the best: the trees it would add to EAGLE's are already too costly on a CPU
-            config = replace(NgramConfig.for_machine(kind) if lookup is True else lookup, max_branches=1)
-            self.lookup = NgramDrafter(config)
-            self.hits = [[0] * config.draft_len for _ in range(config.max_ngram + 1)]
-            self.tries = [[0] * config.draft_len for _ in range(config.max_ngram + 1)]
-            self.chain: tuple[int, list[int]] | None = None
-        extra = self.lookup.config.draft_len if self.lookup else 0
+        self.lookup = lookup_branch(lookup, kind)
+        extra = self.lookup.draft_len if self.lookup else 0
         points = VERIFY_COST.get(kind) if verify_cost is None else verify_cost
         self.cost = cost_curve(points, self.total + extra).to(device) if points else None
         self.kv: Tensor | None = None
@@ -111,17 +103,12 @@ class EagleDrafter(Drafter):
         self._commit(state.hidden, prompt[1:])
         if self.lookup is not None:
             self.lookup.begin(state)
-            for row in self.hits + self.tries:
-                row[:] = [0] * len(row)
-            self.chain = None
 
     def update(self, state: DecodeState) -> None:
         n = state.hidden.shape[0]
         self._commit(state.hidden, state.tokens[-n:])
         if self.lookup is not None:
             self.lookup.update(state)
-            if self.chain is not None:
-                self._score_lookup(*self.chain, state.tokens[-n:])
 
     def _commit(self, features: Tensor, next_tokens: list[int]) -> None:
         """Pairs (f_j, x_{j+1}) of verified positions into the draft cache; keep the last prediction."""
@@ -155,58 +142,10 @@ class EagleDrafter(Drafter):
         tokens, parents, scores = self._dynamic(logp) if self.dynamic else self._static(logp)
         limit = self.total - 1
         if self.lookup is not None:
-            tokens, parents, scores, added = self._add_lookup(state.tokens, tokens, parents, scores)
-            limit += added
-        order = scores.sort(descending=True, stable=True).indices[:limit]  # stable: parents before children
-        size = torch.tensor([len(order)], device=order.device)
-        if self.cost is not None:  # the prefix with the most expected tokens per unit of verify cost
-            gain = 1 + torch.cat((scores.new_zeros(1), scores[order].exp().cumsum(0)))
-            size = (gain / self.cost[: len(order) + 1]).argmax().view(1)
-        n, *rest = torch.cat((size, order, parents[order])).tolist()  # the step's one device-to-host transfer
-        if n == 0:
-            return root_only(state)
-        parent_of = dict(zip(rest[:n], rest[len(order) : len(order) + n]))
-        kept = sorted(parent_of)  # candidate order: depth by depth, parents first
-        node = {c: i for i, c in enumerate(kept, start=1)}
-        device = state.hidden.device
-        node_tokens = torch.cat((torch.tensor([state.tokens[-1]], device=device), tokens[torch.tensor(kept, device=device)]))
-        return Tree(node_tokens, shape_from_parents([-1] + [node.get(parent_of[c], 0) for c in kept], device))
-
-    # ---------------------------------------------------------------- prompt lookup
-
-    def _add_lookup(self, context: list[int], tokens: Tensor, parents: Tensor, scores: Tensor
-                    ) -> tuple[Tensor, Tensor, Tensor, int]:
-        """Unite the candidates with the best lookup continuation; a token both propose keeps the higher score."""
-        self.chain = None
-        found = self.lookup.continuations(context)
-        if not found:
-            return tokens, parents, scores, 0
-        n, chain = self.chain = found[0]
-        device = tokens.device
-        toks, pars, scs = tokens.tolist(), parents.tolist(), scores.tolist()
-        child = {(p, t): i for i, (p, t) in reversed(list(enumerate(zip(pars, toks))))}
-        node, score, before = -1, 0.0, len(toks)
-        for depth, t in enumerate(chain):
-            score += math.log((self.hits[n][depth] + 1) / (self.tries[n][depth] + 2))
-            i = child.get((node, t))
-            if i is None:
-                i = child[(node, t)] = len(toks)
-                toks.append(t)
-                pars.append(node)
-                scs.append(score)
-            else:
-                scs[i] = max(scs[i], score)
-            node = i
-        return (torch.tensor(toks, device=device), torch.tensor(pars, device=device),
-                torch.tensor(scs, device=device), len(toks) - before)
-
-    def _score_lookup(self, n: int, chain: list[int], taken: list[int]) -> None:
-        """Count, per depth, whether the lookup's token was the backbone's, given the ones before it were."""
-        for depth, t in enumerate(chain[: len(taken)]):
-            self.tries[n][depth] += 1
-            if t != taken[depth]:
-                return
-            self.hits[n][depth] += 1
+            size = len(tokens)
+            tokens, parents, scores = self.lookup.unite(state.tokens, tokens, parents, scores)
+            limit += len(tokens) - size
+        return best_tree(state.tokens[-1], tokens, parents, scores, limit, self.cost)
 
     def _dynamic(self, logp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """EAGLE-2 candidates: (tokens, parent candidate index or -1, path log-probability), depth by depth."""
@@ -257,14 +196,7 @@ class EagleDrafter(Drafter):
 def eagle2(model: Transformer, draft: str | Path | EagleDraft = "eagle", depth: int | None = None,
            top_k: int | None = None, total_tokens: int | None = None,
            verify_cost: dict[int, float] | None = None, lookup: bool | NgramConfig = False) -> EagleDrafter:
-    """EAGLE-2: the same draft model with dynamic trees (lookup: united with prompt lookup's best continuation)."""
+    """EAGLE-2: the same draft model with dynamic trees (lookup: with a prompt-lookup branch)."""
     drafter = EagleDrafter(model, draft, "dynamic", depth, top_k, total_tokens, verify_cost, lookup)
-    drafter.name = "eagle2-lookup" if lookup else "eagle2"
+    drafter.name = "eagle2"
     return drafter
-
-
-def eagle2_lookup(model: Transformer, draft: str | Path | EagleDraft = "eagle", depth: int | None = None,
-                  top_k: int | None = None, total_tokens: int | None = None,
-                  verify_cost: dict[int, float] | None = None, lookup: bool | NgramConfig = True) -> EagleDrafter:
-    """EAGLE-2 united with prompt lookup (registry name "eagle2-lookup")."""
-    return eagle2(model, draft, depth, top_k, total_tokens, verify_cost, lookup)

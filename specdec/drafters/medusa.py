@@ -1,13 +1,17 @@
-"""Medusa drafting: each head's top-k tokens fill a static sparse tree, one batched head step per verify."""
+"""Medusa drafting: each head's top-k tokens fill a static sparse tree, one batched head step per verify; with a
+prompt-lookup branch (lookup=True, "medusa+lookup") node i scores its path's measured head accuracies."""
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import torch
 
 from specdec.drafters.base import DecodeState, Drafter, root_only
-from specdec.machine import machine_kind
+from specdec.drafters.lookup import best_tree, lookup_branch
+from specdec.drafters.ngram import NgramConfig
+from specdec.machine import VERIFY_COST, cost_curve, machine_kind
 from specdec.medusa import MedusaHeads, load_medusa
 from specdec.model import Transformer
 from specdec.packed import linear_fn, pack_linears
@@ -37,10 +41,13 @@ def head_tree(tree: str | int | list, meta: dict, num_heads: int, vocab: int, ki
         tree = TREE_NODES[kind]
     if not isinstance(tree, int) or tree < 1:
         raise ValueError(f"unknown tree spec {tree!r}: use 'auto', a node count, or a choice list like [[0], [1], [0, 0]]")
+    return sparse_tree([row[:vocab] for row in rank_accuracies(meta, num_heads)], tree)
+
+
+def rank_accuracies(meta: dict, num_heads: int) -> list[list[float]]:
+    """Per head, how often its rank-r token is right: measured (saved with the heads), else PRIOR_TOP decayed."""
     acc = meta.get("eval", {}).get("rank_accuracy")
-    if not acc:
-        acc = [[p * PRIOR_DECAY**i for p in PRIOR_TOP] for i in range(num_heads)]
-    return sparse_tree([row[:vocab] for row in acc[:num_heads]], tree)
+    return acc[:num_heads] if acc else [[p * PRIOR_DECAY**i for p in PRIOR_TOP] for i in range(num_heads)]
 
 
 class MedusaDrafter(Drafter):
@@ -49,7 +56,7 @@ class MedusaDrafter(Drafter):
     name = "medusa"
 
     def __init__(self, model: Transformer, heads: str | Path | MedusaHeads = "medusa", tree: str | int | list = "auto",
-                 min_confidence: float = 0.0):
+                 min_confidence: float = 0.0, lookup: bool | NgramConfig = False):
         device = model.output.weight.device
         kind = machine_kind(model.tok_embeddings.weight)
         self.min_confidence = min_confidence
@@ -65,6 +72,22 @@ class MedusaDrafter(Drafter):
         self.node_head = torch.tensor([len(c) - 1 for c in self.choices], device=device)
         self.node_rank = torch.tensor([c[-1] for c in self.choices], device=device)
         self.top_k = max(c[-1] for c in self.choices) + 1
+        self.lookup = lookup_branch(lookup, kind)
+        if self.lookup is not None:
+            acc = rank_accuracies(meta, self.heads.config.num_heads)
+            self.node_scores = torch.tensor([sum(math.log(max(acc[d][r] if d < len(acc) and r < len(acc[d]) else 0, 1e-6))
+                                                 for d, r in enumerate(c)) for c in self.choices], device=device)
+            self.node_parents = torch.tensor(parents_from_choices(self.choices)[1:], device=device) - 1
+            points = VERIFY_COST.get(kind)
+            self.cost = cost_curve(points, len(self.choices) + 1 + self.lookup.draft_len).to(device) if points else None
+
+    def begin(self, state: DecodeState) -> None:
+        if self.lookup is not None:
+            self.lookup.begin(state)
+
+    def update(self, state: DecodeState) -> None:
+        if self.lookup is not None:
+            self.lookup.update(state)
 
     def propose(self, state: DecodeState) -> Tree:
         device = state.hidden.device
@@ -75,13 +98,16 @@ class MedusaDrafter(Drafter):
             return root_only(state)
         top = logits[:, 0].topk(self.top_k, dim=-1).indices
         drafted = self.heads.vocab_ids[top[self.node_head, self.node_rank]]
+        if self.lookup is not None:
+            tokens, parents, scores = self.lookup.unite(t, drafted, self.node_parents, self.node_scores)
+            return best_tree(t[-1], tokens, parents, scores, len(tokens), self.cost)
         tokens = torch.cat((torch.tensor([t[-1]], device=device), drafted))
         return Tree(tokens, self.shape)
 
 
 def medusa_trigram(model: Transformer, heads: str | Path | MedusaHeads = "medusa-trigram", tree: str | int | list = "auto",
-                   min_confidence: float = 0.0) -> MedusaDrafter:
+                   min_confidence: float = 0.0, lookup: bool | NgramConfig = False) -> MedusaDrafter:
     """The trigram-conditioned variant with its shipped heads by default."""
-    drafter = MedusaDrafter(model, heads, tree, min_confidence)
+    drafter = MedusaDrafter(model, heads, tree, min_confidence, lookup)
     drafter.name = "medusa-trigram"
     return drafter
