@@ -112,9 +112,11 @@ class MedusaModel(SpecModel):
     """Medusa heads over a frozen backbone: `heads` is a directory, "medusa" or "medusa-trigram" (shipped)."""
 
     @classmethod
-    def make_drafter(cls, backbone: Backbone, heads: str | Path = "medusa", tree: str | int | list = "auto") -> Drafter:
-        """Medusa drafter; tree is "auto" (sparse, sized for the device), a node count or a choice list."""
-        return MedusaDrafter(backbone.model, heads, tree)
+    def make_drafter(cls, backbone: Backbone, heads: str | Path = "medusa", tree: str | int | list = "auto",
+                     lookup: bool | NgramConfig = False) -> Drafter:
+        """Medusa drafter; tree is "auto" (sparse, sized for the device), a node count or a choice list; lookup=True
+        adds a prompt-lookup branch (specdec.drafters.lookup)."""
+        return MedusaDrafter(backbone.model, heads, tree, lookup=lookup)
 
 
 class EagleModel(SpecModel):
@@ -124,7 +126,7 @@ class EagleModel(SpecModel):
     @classmethod
     def make_drafter(cls, backbone: Backbone, draft: str | Path = "eagle", tree: str | int | list = "dynamic",
                      **options) -> Drafter:
-        """EAGLE drafter; options: depth, top_k, total_tokens, verify_cost (see EagleDrafter)."""
+        """EAGLE drafter; options: depth, top_k, total_tokens, verify_cost, lookup (see EagleDrafter)."""
         if tree == "dynamic":
             return eagle2(backbone.model, draft, **options)
         return EagleDrafter(backbone.model, draft, tree, **options)

@@ -102,16 +102,19 @@ def test_lookahead_decode_equals_hf_generate(smol, cases, always_window):
                            f"lookahead (always_window={always_window})", 1.15)
 
 
-@pytest.mark.parametrize("variant", ["medusa", "medusa-trigram"])
+@pytest.mark.parametrize("variant", ["medusa", "medusa-trigram", "medusa-trigram+lookup"])
 def test_medusa_with_shipped_heads_equals_hf_generate(smol, cases, variant):
-    drafter = MedusaDrafter(smol.model, variant, min_confidence=0.0)  # always draft: measures the heads themselves
+    heads, lookup = variant.removesuffix("+lookup"), variant.endswith("+lookup")
+    drafter = MedusaDrafter(smol.model, heads, min_confidence=0.0, lookup=lookup)  # always draft: measures the heads
     assert_greedy_with_tau(smol, cases, lambda: drafter, f"shipped {variant} heads", 1.15)
 
 
-@pytest.mark.parametrize("variant", ["eagle", "eagle2"])
+@pytest.mark.parametrize("variant", ["eagle", "eagle2", "eagle2+lookup"])
 def test_eagle_with_shipped_draft_equals_hf_generate(smol, cases, variant):
     # verify_cost={}: never cut the tree to a plain step, so the draft itself is measured
-    drafter = eagle2(smol.model, verify_cost={}) if variant == "eagle2" else EagleDrafter(smol.model, verify_cost={})
+    lookup = variant.endswith("+lookup")
+    drafter = eagle2(smol.model, verify_cost={}, lookup=lookup) if variant.startswith("eagle2") else \
+        EagleDrafter(smol.model, verify_cost={})
     assert_greedy_with_tau(smol, cases, lambda: drafter, f"shipped {variant} draft", 1.3)
 
 

@@ -37,7 +37,7 @@ ALPHA = 1e-3  # chi-square p-value threshold: exact rules stay above, broken one
 PROMPT = [1, 2, 5, 6, 3, 6, 2, 0, 2, 2, 2, 2, 2]
 CONFIGS = {"t1": SamplingConfig(temperature=1.0), "t0.7-top4": SamplingConfig(temperature=0.7, top_k=4),
            "t1.3-p0.9": SamplingConfig(temperature=1.3, top_p=0.9)}
-DRAFTERS = ("vanilla", "ngram", "lookahead", "medusa", "eagle", "eagle2", "oracle-tree")
+DRAFTERS = ("vanilla", "ngram", "lookahead", "medusa", "eagle", "eagle2", "eagle2+lookup", "oracle-tree")
 # by default each drafter meets one configuration (every configuration is met); SPECDEC_SLOW=1 runs all pairs
 PAIRS = [(d, c) for d in DRAFTERS for c in CONFIGS] if os.environ.get("SPECDEC_SLOW") else \
     [(d, list(CONFIGS)[i % len(CONFIGS)]) for i, d in enumerate(DRAFTERS)]
@@ -153,8 +153,9 @@ def make(name: str, small) -> Drafter:
     if name == "eagle":  # verify_cost={}: never cut the tree to a plain step
         return EagleDrafter(model, random_draft(model, seed=3), tree=[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0]],
                             verify_cost={})
-    if name == "eagle2":
-        return eagle2(model, random_draft(model, seed=4), depth=3, top_k=3, total_tokens=8, verify_cost={})
+    if name.startswith("eagle2"):
+        lookup = NgramConfig(max_ngram=2, min_ngram=1, draft_len=3) if name.endswith("+lookup") else False
+        return eagle2(model, random_draft(model, seed=4), depth=3, top_k=3, total_tokens=8, verify_cost={}, lookup=lookup)
     return OracleTreeSampler(oracle_ranking(hf))
 
 
