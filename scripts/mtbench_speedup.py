@@ -30,7 +30,7 @@ from specdec.verify_step import MODES as VERIFY_MODES, VerifyStep
 
 BASELINE, REFERENCE = "hf", "vanilla"
 HF_METHODS = {"hf": None, "hf-pld": 10}  # name -> transformers prompt_lookup_num_tokens
-DEFAULT_METHODS = "hf,hf-pld,vanilla,ngram"
+DEFAULT_METHODS = "hf,hf-pld,vanilla,ngram,eagle2,eagle2+lookup"
 DEFAULT_QUESTIONS = 16
 WARMUP_TOKENS = 8
 

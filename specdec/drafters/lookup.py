@@ -3,7 +3,7 @@
 The context's best lookup continuation (longest matching n-gram, most recent) is united with the drafter's candidate
 tree; a token both propose is one node and keeps the higher score. Lookup token d is scored by how often this
 generation's earlier lookups with the same match length were the backbone's token at depth d, given the ones before
-it were (add-one smoothed), so the verify-cost cut keeps a branch only while it has been paying off.
+it were (smoothed by PRIOR pseudo-counts), so the verify-cost cut keeps a branch only while it has been paying off.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from torch import Tensor
 from specdec.drafters.base import DecodeState
 from specdec.drafters.ngram import NgramConfig, NgramDrafter
 from specdec.tree import Tree, shape_from_parents
+
+PRIOR = (1, 1)  # pseudo (hits, misses) per depth before a generation's first lookups are scored
 
 
 class LookupBranch:
@@ -58,7 +60,7 @@ class LookupBranch:
         child = {(p, t): i for i, (p, t) in reversed(list(enumerate(zip(pars, toks))))}
         node, score = -1, 0.0
         for depth, t in enumerate(chain):
-            score += math.log((self.hits[n][depth] + 1) / (self.tries[n][depth] + 2))
+            score += math.log((self.hits[n][depth] + PRIOR[0]) / (self.tries[n][depth] + sum(PRIOR)))
             i = child.get((node, t))
             if i is None:
                 i = child[(node, t)] = len(toks)
