@@ -34,7 +34,8 @@ STATIC_DEPTH = 5
 
 
 class EagleDrafter(Drafter):
-    """EAGLE-1 (static tree) or EAGLE-2 (tree="dynamic") drafting from an EAGLE draft model."""
+    """EAGLE-1 (static tree) or EAGLE-2 (tree="dynamic") drafting from an EAGLE draft model; lookup=True (or an
+    NgramConfig) adds a prompt-lookup branch to every tree."""
 
     name = "eagle"
 

@@ -51,7 +51,8 @@ def rank_accuracies(meta: dict, num_heads: int) -> list[list[float]]:
 
 
 class MedusaDrafter(Drafter):
-    """Drafts from Medusa heads (plain or trigram) over the backbone's last hidden state."""
+    """Drafts from Medusa heads (plain or trigram) over the backbone's last hidden state; lookup=True (or an
+    NgramConfig) adds a prompt-lookup branch, and the tree is then cut by verify cost."""
 
     name = "medusa"
 
