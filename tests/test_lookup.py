@@ -11,6 +11,8 @@ from specdec.drafters import drafter_names, make_drafter
 from specdec.drafters.base import DecodeState
 from specdec.drafters.lookup import LookupBranch, best_tree
 from specdec.drafters.ngram import NgramConfig
+from specdec.eagle import EagleConfig, EagleDraft
+from specdec.medusa import MedusaConfig, MedusaHeads
 
 # "11 12" recurs: after the pending 12 the 2-gram "11 12" continues "13 14 15 16"
 CONTEXT = [11, 12, 13, 14, 15, 16, 11, 12]
@@ -63,7 +65,15 @@ def test_best_tree_keeps_the_prefix_worth_its_cost(cost, size):
     assert tree.tokens.tolist()[:size] == [4, 5, 6, 7, 8][:size] and list(tree.shape.parents) == [-1, 0, 1, 2, 0][:size]
 
 
-def test_lookup_names_exist_only_for_scoring_drafters():
+def test_lookup_names_exist_only_for_scoring_drafters(tiny_models):
+    model = tiny_models["llama"].load()
+    draft = EagleDraft(EagleConfig(model.args.dim, model.args.vocab_size), model.args)
+    heads = MedusaHeads(MedusaConfig(model.args.dim, model.args.vocab_size, num_heads=2))
+    for name, kw in (("eagle2+lookup", {"draft": draft}), ("eagle+lookup", {"draft": draft}),
+                     ("medusa+lookup", {"heads": heads}), ("medusa-trigram+lookup", {"heads": heads})):
+        drafter = make_drafter(name, model=model, **kw)
+        assert drafter.name == name and drafter.lookup is not None
+        assert make_drafter(name.removesuffix("+lookup"), model=model, **kw).lookup is None
     names = drafter_names()
     assert {"eagle+lookup", "eagle2+lookup", "medusa+lookup", "medusa-trigram+lookup"} <= set(names)
     assert "ngram+lookup" not in names and "lookahead+lookup" not in names

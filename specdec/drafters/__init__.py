@@ -34,11 +34,9 @@ def drafter_names() -> list[str]:
 def make_drafter(name: str, **options) -> Drafter:
     """A drafter by name (see drafter_names); an unknown name raises with the list of available ones."""
     factory = drafter_factory(name)
-    if not name.endswith(LOOKUP_SUFFIX):
-        return factory(**options)
-    drafter = factory(lookup=options.pop("lookup", True), **options)
-    drafter.name = name
-    return drafter
+    if name.endswith(LOOKUP_SUFFIX):
+        options.setdefault("lookup", True)
+    return factory(**options)
 
 
 __all__ = ["DRAFTERS", "DecodeState", "Drafter", "EagleDrafter", "eagle2", "MedusaDrafter", "LookaheadConfig", "LookaheadDrafter", "NgramConfig", "NgramDrafter", "NoDrafter", "drafter_factory", "drafter_names", "make_drafter"]

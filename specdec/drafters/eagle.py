@@ -69,6 +69,8 @@ class EagleDrafter(Drafter):
             self.total = len(self.choices) + 1
             self.tree_slots = len(self.choices)
         self.lookup = lookup_branch(lookup, kind)
+        if self.lookup is not None:
+            self.name = "eagle+lookup"
         extra = self.lookup.draft_len if self.lookup else 0
         points = VERIFY_COST.get(kind) if verify_cost is None else verify_cost
         self.cost = cost_curve(points, self.total + extra).to(device) if points else None
@@ -199,5 +201,5 @@ def eagle2(model: Transformer, draft: str | Path | EagleDraft = "eagle", depth: 
            verify_cost: dict[int, float] | None = None, lookup: bool | NgramConfig = False) -> EagleDrafter:
     """EAGLE-2: the same draft model with dynamic trees (lookup: with a prompt-lookup branch)."""
     drafter = EagleDrafter(model, draft, "dynamic", depth, top_k, total_tokens, verify_cost, lookup)
-    drafter.name = "eagle2"
+    drafter.name = "eagle2+lookup" if drafter.lookup else "eagle2"
     return drafter

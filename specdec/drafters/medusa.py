@@ -75,6 +75,7 @@ class MedusaDrafter(Drafter):
         self.top_k = max(c[-1] for c in self.choices) + 1
         self.lookup = lookup_branch(lookup, kind)
         if self.lookup is not None:
+            self.name = "medusa+lookup"
             acc = rank_accuracies(meta, self.heads.config.num_heads)
             self.node_scores = torch.tensor([sum(math.log(max(acc[d][r] if d < len(acc) and r < len(acc[d]) else 0, 1e-6))
                                                  for d, r in enumerate(c)) for c in self.choices], device=device)
@@ -110,5 +111,5 @@ def medusa_trigram(model: Transformer, heads: str | Path | MedusaHeads = "medusa
                    min_confidence: float = 0.0, lookup: bool | NgramConfig = False) -> MedusaDrafter:
     """The trigram-conditioned variant with its shipped heads by default."""
     drafter = MedusaDrafter(model, heads, tree, min_confidence, lookup)
-    drafter.name = "medusa-trigram"
+    drafter.name = "medusa-trigram+lookup" if drafter.lookup else "medusa-trigram"
     return drafter
