@@ -37,3 +37,11 @@ def cost_curve(points: dict[int, float], n: int) -> Tensor:
         w = 0.0 if hi == lo else (k - lo) / (hi - lo)
         out.append(points[lo] + w * (points[hi] - points[lo]))
     return torch.tensor(out)
+
+
+def verify_cost_curve(kind: str, n: int, device: torch.device | str,
+                      points: dict[int, float] | None = None) -> Tensor | None:
+    """cost_curve for 1..n nodes from `points` (default: the kind's measured ones) on `device`; None where there are
+    none (a GPU, or `points={}`): drafters then cut nothing."""
+    points = VERIFY_COST.get(kind) if points is None else points
+    return cost_curve(points, n).to(device) if points else None

@@ -8,7 +8,7 @@ from specdec.drafters.eagle import DYNAMIC, STATIC_NODES
 from specdec.drafters.lookahead import LookaheadConfig
 from specdec.drafters.medusa import TREE_NODES
 from specdec.drafters.ngram import NgramConfig
-from specdec.machine import KINDS, VERIFY_COST, cost_curve, machine_kind
+from specdec.machine import KINDS, VERIFY_COST, cost_curve, machine_kind, verify_cost_curve
 
 
 def test_kind_follows_device_and_dtype():
@@ -30,6 +30,9 @@ def test_cost_curve_interpolates_and_is_flat_past_the_last_point():
     assert cost_curve({1: 1.0, 4: 1.6, 8: 2.0}, 10).tolist() == pytest.approx([1.0, 1.2, 1.4, 1.6, 1.7, 1.8, 1.9, 2.0, 2.0, 2.0])
     for points in VERIFY_COST.values():
         assert points[1] == 1.0 and cost_curve(points, 64).shape == (64,)
+    assert torch.equal(verify_cost_curve("cpu-bf16", 20, "cpu"), cost_curve(VERIFY_COST["cpu-bf16"], 20))
+    assert torch.equal(verify_cost_curve("cuda", 5, "cpu", {1: 1.0, 4: 2.0}), cost_curve({1: 1.0, 4: 2.0}, 5))
+    assert verify_cost_curve("cuda", 20, "cpu") is None and verify_cost_curve("cpu-fp32", 20, "cpu", {}) is None
 
 
 def test_ngram_drafter_takes_the_machine_kinds_defaults_unless_given_a_config(tiny_models):

@@ -20,7 +20,7 @@ from specdec.drafters.medusa import head_tree
 from specdec.drafters.lookup import best_tree, lookup_branch
 from specdec.drafters.ngram import NgramConfig
 from specdec.eagle import EagleDraft, load_eagle
-from specdec.machine import VERIFY_COST, cost_curve, machine_kind
+from specdec.machine import machine_kind, verify_cost_curve
 from specdec.model import Transformer
 from specdec.packed import linear_fn, pack_linears
 from specdec.tree import Tree, parents_from_choices
@@ -72,8 +72,7 @@ class EagleDrafter(Drafter):
         if self.lookup is not None:
             self.name = "eagle+lookup"
         extra = self.lookup.draft_len if self.lookup else 0
-        points = VERIFY_COST.get(kind) if verify_cost is None else verify_cost
-        self.cost = cost_curve(points, self.total + extra).to(device) if points else None
+        self.cost = verify_cost_curve(kind, self.total + extra, device, verify_cost)
         self.kv: Tensor | None = None
         self.anc: Tensor | None = None
         self.length = 0

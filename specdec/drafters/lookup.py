@@ -57,7 +57,7 @@ class LookupBranch:
             return tokens, parents, scores
         n, chain = self.chain = found[0]
         toks, pars, scs = tokens.tolist(), parents.tolist(), scores.tolist()
-        child = {(p, t): i for i, (p, t) in reversed(list(enumerate(zip(pars, toks))))}
+        child = {(p, t): i for i, (p, t) in enumerate(zip(pars, toks))}  # siblings carry distinct tokens
         node, score = -1, 0.0
         for depth, t in enumerate(chain):
             score += math.log((self.hits[n][depth] + PRIOR[0]) / (self.tries[n][depth] + sum(PRIOR)))

@@ -11,7 +11,7 @@ import torch
 from specdec.drafters.base import DecodeState, Drafter, root_only
 from specdec.drafters.lookup import best_tree, lookup_branch
 from specdec.drafters.ngram import NgramConfig
-from specdec.machine import VERIFY_COST, cost_curve, machine_kind
+from specdec.machine import machine_kind, verify_cost_curve
 from specdec.medusa import MedusaHeads, load_medusa
 from specdec.model import Transformer
 from specdec.packed import linear_fn, pack_linears
@@ -77,11 +77,11 @@ class MedusaDrafter(Drafter):
         if self.lookup is not None:
             self.name = "medusa+lookup"
             acc = rank_accuracies(meta, self.heads.config.num_heads)
-            self.node_scores = torch.tensor([sum(math.log(max(acc[d][r] if d < len(acc) and r < len(acc[d]) else 0, 1e-6))
+            # a node's path log-probability; a rank past the measured ones (an explicit choice list) counts as 1e-6
+            self.node_scores = torch.tensor([sum(math.log(max(acc[d][r] if r < len(acc[d]) else 0.0, 1e-6))
                                                  for d, r in enumerate(c)) for c in self.choices], device=device)
             self.node_parents = torch.tensor(parents_from_choices(self.choices)[1:], device=device) - 1
-            points = VERIFY_COST.get(kind)
-            self.cost = cost_curve(points, len(self.choices) + 1 + self.lookup.draft_len).to(device) if points else None
+            self.cost = verify_cost_curve(kind, len(self.choices) + 1 + self.lookup.draft_len, device)
 
     def begin(self, state: DecodeState) -> None:
         if self.lookup is not None:
