@@ -8,8 +8,8 @@ from functools import cache
 
 from torch import Tensor
 
-from specdec.kernels.accept import greedy_accept_torch, greedy_accept_triton
-from specdec.kernels.commit import commit_kv_torch, commit_kv_triton
+from .accept import greedy_accept_torch, greedy_accept_triton
+from .commit import commit_kv_torch, commit_kv_triton
 
 __all__ = ["greedy_accept", "commit_kv"]
 

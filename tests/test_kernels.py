@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +153,12 @@ def test_works_without_triton() -> None:
         assert (int(best), int(n), int(bonus)) == (0, 1, 7)
     """)
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "SPECDEC_TRITON": "1"})
+
+
+def test_the_kernels_folder_is_harmless_when_the_repo_root_is_on_the_path():
+    # from the repo root (a notebook, python -c) transformers' probe for the Hugging Face `kernels` package finds
+    # this folder and imports it: that must not import specdec half-way through transformers' own imports
+    root = Path(__file__).resolve().parents[1]
+    code = "import transformers.activations, specdec; from specdec.kernels import greedy_accept"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
