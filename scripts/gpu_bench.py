@@ -79,7 +79,8 @@ def bandwidth(args: argparse.Namespace, device: torch.device) -> dict:
     bb = load_backbone(None, resolve_dtype(args.dtype, device), device)
     step = VerifyStep(bb.model, args.verify)
     ids = bb.encode_chat("Tell me a long story about a lighthouse keeper.")
-    decode(bb.model, ids, None, 16, step=step)  # warm-up (graph capture)
+    step.warm_up()
+    decode(bb.model, ids, None, 16, step=step)  # warm-up (caches)
     res = decode(bb.model, ids, None, args.bandwidth_tokens, step=step)
     steps_per_s = res.stats.steps / res.stats.decode_s
     nbytes = weight_bytes(bb.model)

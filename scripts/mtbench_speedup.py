@@ -256,7 +256,9 @@ def main(argv: list[str] | None = None) -> dict:
     # prompts (even copy-heavy ones with a follow-up) stay well under 2048 tokens
     backbone = specdec.load_backbone(args.backbone, dtype, args.device, max_seq_len=2048 + args.turns * args.max_new_tokens,
                                      quantize=args.quantize)
-    methods = build_methods(args.methods, backbone, args, VerifyStep(backbone.model, args.verify))
+    step = VerifyStep(backbone.model, args.verify)
+    step.warm_up()  # on a GPU: every bucket's graph is captured before any turn is timed
+    methods = build_methods(args.methods, backbone, args, step)
     t0 = time.perf_counter()
     records = run_all(methods, questions, backbone, args)
     results = summarize(records, BASELINE, REFERENCE, identity=args.temperature == 0)

@@ -49,6 +49,17 @@ class VerifyStep:
         elif self.mode == "compile":
             self.fn = torch.compile(self.fn, fullgraph=True, dynamic=False, backend=backend or "inductor")
 
+    @torch.inference_mode()  # as decoding runs: a graph compiled under another grad mode would not be reused
+    def warm_up(self) -> None:
+        """Compile (and capture) every bucket now, so that no first use lands inside a timed turn; the committed
+        cache is untouched (a step only writes K/V past the committed length)."""
+        if self.mode == "eager":
+            return
+        device = self.model.tok_embeddings.weight.device
+        for size in self.buckets:
+            if self.model.length + size <= self.model.max_seq_len:
+                self(torch.zeros(size, dtype=torch.long, device=device))
+
     def __call__(self, tokens: Tensor, positions: Tensor | None = None, tree_mask: Tensor | None = None,
                  hidden_layers: tuple[int, ...] = ()) -> ForwardOut:
         """Same contract as `Transformer.forward` (logits for every node); tree_mask None is a chain."""

@@ -145,3 +145,9 @@ def test_gen_distill_sampled_answers_record_the_backbones_greedy_targets(tmp_pat
         # the first target follows the prompt alone: it is the greedy answer's first token
         assert rec["target"][0] == greedy[rec["id"]]["answer"][0]
     assert any(r["answer"] != greedy[r["id"]]["answer"] for r in sampled)  # temperature 1.5 leaves the greedy path
+    # more prompts on top of a finished run: the new batch gets a shard of its own, the old ones stay as they were
+    shards = {f.name: f.read_bytes() for f in (tmp_path / "greedy.features").iterdir()}
+    gen.main(["--out", str(tmp_path / "greedy.jsonl"), *common[:1], "3", *common[2:]])
+    assert all((tmp_path / "greedy.features" / name).read_bytes() == data for name, data in shards.items())
+    assert len(list((tmp_path / "greedy.features").iterdir())) == len(shards) + 1
+    assert len(list(records_with_hidden(tmp_path / "greedy.jsonl"))) == 3

@@ -95,6 +95,24 @@ def test_compiled_step_is_one_graph_per_bucket(tiny_models):
     assert len(graphs) == len(used), f"{len(graphs)} graphs for buckets {sorted(used)}: a shape is not static"
 
 
+def test_warm_up_compiles_every_bucket_and_leaves_decoding_unchanged(tiny_models):
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(tuple(example_inputs[0].shape))
+        return gm.forward
+
+    torch._dynamo.reset()
+    model = tiny_models["llama"].load()
+    step = VerifyStep(model, "compile", max_nodes=16, backend=counting_backend)
+    step.warm_up()
+    assert len(graphs) == len(step.buckets) == 5 and model.length == 0
+    ref = reference(tiny_models, "llama", 2)
+    drafter = OracleTreeDrafter(PROMPTS[2] + ref, seed=5, max_nodes=16, p_true=0.8, chain_bias=0.5)
+    assert decode(model, PROMPTS[2], drafter, max_new_tokens=N, step=step).tokens == ref[:N]
+    assert len(graphs) == len(step.buckets), "a bucket compiled after warm_up"
+
+
 def test_cpu_default_is_eager_and_modes_are_checked(tiny_models):
     model = tiny_models["llama"].load()
     kv = model.kv

@@ -5,7 +5,8 @@ own answers (--answers sharegpt); the last two record the backbone's greedy pred
     python train/gen_distill.py --out data/distill.jsonl --num-prompts 2000
 
 Writes one JSON line per conversation ({"id", "prompt", "answer"} as token ids) after every batch, so a
-killed run resumes where it stopped; batches run in a seeded random order, so a run cut short holds a fair sample. Prompts are the first user turn in the backbone's chat format.
+killed run resumes where it stopped; batches run in a seeded random order, so a run cut short holds a fair
+sample. Prompts are the first user turn in the backbone's chat format.
 With --features (default) it also keeps the backbone's final hidden state at every position but the
 last (fp16 safetensors, one file per batch, next to the JSONL): training heads then needs no backbone pass.
 """
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         batch = batches[b]
         records, rows = make(model, batch, args, stops, pad)
         tokens += sum(len(r["answer"]) for r in records)
-        append_records(args.out, f"{len(done):06d}-{b:05d}-{batch[0][0]}.safetensors", records, rows if args.features else None)
+        shard = f"{len(done):06d}-{b:05d}-{batch[0][0]}.safetensors"
+        append_records(args.out, shard, records, rows if args.features else None)
         bar.update(len(batch))
         bar.set_postfix(tok_per_s=f"{tokens / (time.perf_counter() - t0):.0f}")
     bar.close()
