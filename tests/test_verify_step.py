@@ -75,8 +75,8 @@ def test_static_step_up_to_a_full_context(tiny_models, static_runners):
     assert res.tokens == ref and res.stats.stop_reason == "context"
 
 
-def test_compiled_step_is_one_graph_per_bucket(tiny_models):
-    """fullgraph=True fails on any graph break; a graph per bucket (not per step) shows the shapes are static."""
+def counted_compile_step(model, max_nodes: int) -> tuple[VerifyStep, list]:
+    """A "compile" step whose backend records each graph it is handed (by the shape of its first input), uncompiled."""
     graphs = []
 
     def counting_backend(gm, example_inputs):
@@ -84,8 +84,13 @@ def test_compiled_step_is_one_graph_per_bucket(tiny_models):
         return gm.forward
 
     torch._dynamo.reset()
+    return VerifyStep(model, "compile", max_nodes=max_nodes, backend=counting_backend), graphs
+
+
+def test_compiled_step_is_one_graph_per_bucket(tiny_models):
+    """fullgraph=True fails on any graph break; a graph per bucket (not per step) shows the shapes are static."""
     model = tiny_models["qwen2"].load()
-    step = VerifyStep(model, "compile", max_nodes=16, backend=counting_backend)
+    step, graphs = counted_compile_step(model, 16)
     ref = reference(tiny_models, "qwen2", 1)
     drafter = OracleTreeDrafter(PROMPTS[1] + ref, seed=3, max_nodes=16, p_true=0.8, chain_bias=0.5)
     res = decode(model, PROMPTS[1], drafter, max_new_tokens=N, step=step)
@@ -96,15 +101,8 @@ def test_compiled_step_is_one_graph_per_bucket(tiny_models):
 
 
 def test_warm_up_compiles_every_bucket_and_leaves_decoding_unchanged(tiny_models):
-    graphs = []
-
-    def counting_backend(gm, example_inputs):
-        graphs.append(tuple(example_inputs[0].shape))
-        return gm.forward
-
-    torch._dynamo.reset()
     model = tiny_models["llama"].load()
-    step = VerifyStep(model, "compile", max_nodes=16, backend=counting_backend)
+    step, graphs = counted_compile_step(model, 16)
     step.warm_up()
     assert len(graphs) == len(step.buckets) == 5 and model.length == 0
     ref = reference(tiny_models, "llama", 2)
