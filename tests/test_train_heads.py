@@ -134,7 +134,9 @@ def test_resume_after_a_kill_gives_the_same_heads(distilled, tmp_path):
 def test_torchrun_two_processes(distilled, tmp_path):
     tiny, model, root, _ = distilled
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    for head, extra, load in (("medusa", ("--micro-batch", "32"), load_medusa), ("eagle", EAGLE, load_eagle)):
+    # medusa under a time budget too: both ranks must stop at the same, shortened, step
+    for head, extra, load in (("medusa", ("--micro-batch", "32", "--minutes", "1e-6"), load_medusa),
+                              ("eagle", EAGLE, load_eagle)):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(ROOT / "train" / "train_heads.py"), *args_for(tiny, root, tmp_path / head, "--epochs", "1", *extra)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -142,6 +144,8 @@ def test_torchrun_two_processes(distilled, tmp_path):
         assert "2 process(es)" in proc.stdout
         _, meta = load(tmp_path / head / ("heads" if head == "medusa" else "eagle"), model)
         assert meta["train"]["processes"] == 2
+        if head == "medusa":  # 1,128 positions, 64 per step: 17 steps planned, shortened once the timed steps end
+            assert meta["train"]["steps"] == train_heads.TIMING_START + train_heads.TIMING_STEPS + 1 < 17
 
 
 def test_trained_heads_decode_losslessly(distilled, tmp_path):
