@@ -57,7 +57,8 @@ def test_no_match_leaves_the_candidates_alone():
     assert all(torch.equal(a, b) for a, b in zip(got, candidates())) and branch.chain is None
 
 
-@pytest.mark.parametrize("cost,size", [(None, 5), ([1.0] * 6, 5), ([1.0, 1.0, 1.0, 10.0, 10.0, 10.0], 3)])
+@pytest.mark.parametrize("cost,size", [(None, 5), ([1.0] * 6, 5), ([1.0, 1.0, 1.0, 10.0, 10.0, 10.0], 3),
+                                       ([1.0, 10.0, 10.0, 10.0, 10.0, 10.0], 1)])
 def test_best_tree_keeps_the_prefix_worth_its_cost(cost, size):
     tokens, parents, scores = torch.tensor([5, 6, 7, 8]), torch.tensor([-1, 0, 1, -1]), torch.tensor([-0.1, -0.2, -0.3, -3.0])
     tree = best_tree(4, tokens, parents, scores, 4, None if cost is None else torch.tensor(cost))

@@ -56,7 +56,9 @@ class LookupBranch:
         if not found:
             return tokens, parents, scores
         n, chain = self.chain = found[0]
-        toks, pars, scs = tokens.tolist(), parents.tolist(), scores.tolist()
+        k = len(tokens)  # one device-to-host transfer; float64 holds every token id exactly
+        host = torch.cat((tokens.double(), parents.double(), scores.double())).tolist()
+        toks, pars, scs = [int(x) for x in host[:k]], [int(x) for x in host[k : 2 * k]], host[2 * k :]
         child = {(p, t): i for i, (p, t) in enumerate(zip(pars, toks))}  # siblings carry distinct tokens
         node, score = -1, 0.0
         for depth, t in enumerate(chain):
@@ -92,10 +94,9 @@ def best_tree(root: int, tokens: Tensor, parents: Tensor, scores: Tensor, limit:
         size = (gain / cost[: len(order) + 1]).argmax().view(1)
     n, *rest = torch.cat((size, order, parents[order])).tolist()  # the step's one device-to-host transfer
     device = tokens.device
-    if n == 0:
-        return Tree(torch.tensor([root], device=device), shape_from_parents((-1,), device))
     parent_of = dict(zip(rest[:n], rest[len(order) : len(order) + n]))
-    kept = sorted(parent_of)  # candidate order: parents first
+    kept = sorted(parent_of)  # candidate order: parents first; none kept: the root alone
     node = {c: i for i, c in enumerate(kept, start=1)}
-    node_tokens = torch.cat((torch.tensor([root], device=device), tokens[torch.tensor(kept, device=device)]))
+    index = torch.tensor(kept, dtype=torch.long, device=device)
+    node_tokens = torch.cat((torch.tensor([root], device=device), tokens[index]))
     return Tree(node_tokens, shape_from_parents([-1] + [node.get(parent_of[c], 0) for c in kept], device))
