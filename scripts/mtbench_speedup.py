@@ -8,6 +8,7 @@ identity is n/a; --lossy-typical-acceptance switches the drafters to Medusa's ty
 from __future__ import annotations
 
 import argparse
+import ast
 import inspect
 import os
 import platform
@@ -65,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lossy-typical-acceptance", action="store_true",
                    help="Medusa's typical acceptance for the drafters (LOSSY: not plain sampling's distribution)")
     p.add_argument("--tree", default=None, help="tree for drafters that take one")
+    p.add_argument("--drafter-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword for the drafters that take it, value as a Python literal, e.g. depth=6, "
+                        "verify_cost={} (no cost cut); repeatable")
     p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
     p.add_argument("--quantize", choices=("int8", "bnb-int8"), default=None,
                    help="int8 backbone for our methods (weight-only, or bitsandbytes LLM.int8); hf stays float in --dtype")
@@ -87,9 +91,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--questions must be at least 1")
     try:
         args.methods = resolve_methods(args.methods)
+        args.drafter_option = parse_drafter_options(args.drafter_option, args.methods)
     except ValueError as e:
         p.error(str(e))
     return args
+
+
+def parse_drafter_options(items: list[str], methods: list[str]) -> dict:
+    """KEY=VALUE strings as a dict (values read as Python literals, else kept as text); a key that no drafter among
+    `methods` takes is an error, not a silent no-op."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--drafter-option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    takers = [set(inspect.signature(drafter_factory(m)).parameters) for m in methods if m not in HF_METHODS]
+    for key in options:
+        if not any(key in params for params in takers):
+            raise ValueError(f"--drafter-option {key}: none of the drafters {', '.join(methods)} takes it")
+    return options
 
 
 def available_methods() -> list[str]:
@@ -127,9 +151,11 @@ def method_label(name: str, args: argparse.Namespace) -> str:
 
 
 def drafter_options(name: str, args: argparse.Namespace, backbone: specdec.Backbone) -> dict:
-    """The backbone model, --heads (Medusa heads or an EAGLE draft) and --tree for the drafters that take them."""
+    """The backbone model, --heads (Medusa heads or an EAGLE draft), --tree and --drafter-option for the drafters
+    that take them."""
     params = inspect.signature(drafter_factory(name)).parameters
-    given = {"model": backbone.model, "heads": args.heads, "draft": args.heads, "tree": args.tree}
+    given = {"model": backbone.model, "heads": args.heads, "draft": args.heads, "tree": args.tree,
+             **args.drafter_option}
     return {k: v for k, v in given.items() if v is not None and k in params}
 
 

@@ -81,12 +81,13 @@ def eagle_losses(draft: torch.nn.Module, batch: PackedBatch, embed: Tensor, lm_h
                  noise: float, steps: int = 1) -> Tensor:
     """[feature SmoothL1, token cross-entropy] over answer positions, averaged over `steps` drafting steps."""
     total = torch.zeros(2, device=batch.features.device)
+    targets = batch.targets[batch.answer]
+    with torch.no_grad():  # every step predicts the same tokens: their distributions are computed once
+        probs = F.softmax(F.linear(targets, lm_head).float(), dim=-1)
     for out, exists in rollout_outputs(draft, batch, embed, cos, sin, steps, noise):
-        keep = batch.answer & exists
-        out, target = out[keep], batch.targets[keep]
+        keep = exists[batch.answer]
+        out, target, p = out[batch.answer][keep], targets[keep], probs[keep]
         feature_loss = F.smooth_l1_loss(out.float(), target.float())
-        with torch.no_grad():
-            p = F.softmax(F.linear(target, lm_head).float(), dim=-1)
         token_loss = -(p * F.log_softmax(F.linear(out, lm_head).float(), dim=-1)).sum(-1).mean()
         total = total + torch.stack((feature_loss, token_loss))
     return total / steps

@@ -92,6 +92,21 @@ def test_flags_reject_unavailable_methods(script, capsys):
     assert script.parse_args(["--methods", "ngram"]).methods == ["hf", "vanilla", "ngram"]
 
 
+def test_drafter_options_reach_the_drafters_that_take_them(script, capsys):
+    args = script.parse_args(["--methods", "ngram,eagle2", "--drafter-option", "depth=6",
+                              "--drafter-option", "verify_cost={}", "--drafter-option", "top_k=10"])
+    assert args.drafter_option == {"depth": 6, "verify_cost": {}, "top_k": 10}
+    backbone = type("B", (), {"model": "M"})()
+    assert script.drafter_options("eagle2", args, backbone) == {"model": "M", "depth": 6, "verify_cost": {},
+                                                                 "top_k": 10}
+    assert "depth" not in script.drafter_options("ngram", args, backbone)
+    for bad, msg in ((["--methods", "ngram", "--drafter-option", "depth=6"], "none of the drafters"),
+                     (["--drafter-option", "depth"], "expected KEY=VALUE")):
+        with pytest.raises(SystemExit):
+            script.parse_args(bad)
+        assert msg in capsys.readouterr().err
+
+
 def rec(method, qid, cat, tokens, wall, steps=None, accepted=None, turn=1, gaps=None, mem=100.0):
     return TurnRecord(method, qid, cat, turn, tokens, wall, steps, accepted, mem, gaps)
 
