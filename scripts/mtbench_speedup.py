@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts", choices=("mtbench", "copy"), default="mtbench", help="MT-Bench, or built-in copy-heavy prompts")
     p.add_argument("--questions", type=int, default=None, help=f"stratified subset size (default {DEFAULT_QUESTIONS}, or all if fewer)")
     p.add_argument("--all", action="store_true", help="every question")
+    p.add_argument("--skip-questions", type=int, default=0,
+                   help="pass over the stratified order's first N questions (--questions 8 --skip-questions 16: the "
+                        "8 held-aside ones after the 16 reported, for tuning)")
     p.add_argument("--turns", type=int, choices=(1, 2), default=1, help="2 adds second turns after the method's own first answer")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sampling")
@@ -89,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--max-new-tokens must be at least 1")
     if args.questions is not None and args.questions < 1:
         p.error("--questions must be at least 1")
+    if args.skip_questions < 0 or (args.skip_questions and args.all):
+        p.error("--skip-questions must be at least 0, and does not go with --all")
     try:
         args.methods = resolve_methods(args.methods)
         args.drafter_option = parse_drafter_options(args.drafter_option, args.methods)
@@ -132,11 +137,12 @@ def resolve_methods(spec: str) -> list[str]:
 
 
 def select_questions(args: argparse.Namespace) -> list[Question]:
-    """The prompt set, cut to a stratified subset unless --all."""
+    """The prompt set, cut to a stratified subset (after --skip-questions) unless --all."""
     pool = copy_prompts() if args.prompts == "copy" else load_mtbench()
     if args.all:
         return stratified_subset(pool, len(pool))
-    return stratified_subset(pool, min(DEFAULT_QUESTIONS, len(pool)) if args.questions is None else args.questions)
+    n = min(DEFAULT_QUESTIONS, len(pool) - args.skip_questions) if args.questions is None else args.questions
+    return stratified_subset(pool, args.skip_questions + n)[args.skip_questions :]
 
 
 def sampling_config(args: argparse.Namespace) -> SamplingConfig:

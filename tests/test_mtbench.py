@@ -107,6 +107,19 @@ def test_drafter_options_reach_the_drafters_that_take_them(script, capsys):
         assert msg in capsys.readouterr().err
 
 
+def test_skip_questions_picks_the_held_aside_ones(script, capsys):
+    reported = script.select_questions(script.parse_args(["--questions", "16"]))
+    aside = script.select_questions(script.parse_args(["--questions", "8", "--skip-questions", "16"]))
+    assert [q.question_id for q in script.select_questions(script.parse_args(["--questions", "24"]))] == \
+        [q.question_id for q in reported + aside]
+    assert len({q.category for q in aside}) == 8
+    with pytest.raises(ValueError, match="cannot pick"):
+        script.select_questions(script.parse_args(["--questions", "8", "--skip-questions", "76"]))
+    with pytest.raises(SystemExit):
+        script.parse_args(["--skip-questions", "-1"])
+    assert "--skip-questions must be at least 0" in capsys.readouterr().err
+
+
 def rec(method, qid, cat, tokens, wall, steps=None, accepted=None, turn=1, gaps=None, mem=100.0):
     return TurnRecord(method, qid, cat, turn, tokens, wall, steps, accepted, mem, gaps)
 
