@@ -34,6 +34,7 @@ HF_METHODS = {"hf": None, "hf-pld": 10}  # name -> transformers prompt_lookup_nu
 DEFAULT_METHODS = "hf,hf-pld,vanilla,ngram,eagle2,eagle2+lookup"
 DEFAULT_QUESTIONS = 16
 WARMUP_TOKENS = 8
+OWN_FLAGS = {"model": "--backbone", "heads": "--heads", "draft": "--heads", "tree": "--tree"}  # not --drafter-option
 
 
 @dataclass
@@ -110,6 +111,8 @@ def parse_drafter_options(items: list[str], methods: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
             raise ValueError(f"--drafter-option {item!r}: expected KEY=VALUE")
+        if key in OWN_FLAGS:
+            raise ValueError(f"--drafter-option {key}: set by {OWN_FLAGS[key]}")
         try:
             options[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):

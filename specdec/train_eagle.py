@@ -86,7 +86,7 @@ def eagle_losses(draft: torch.nn.Module, batch: PackedBatch, embed: Tensor, lm_h
         probs = F.softmax(F.linear(targets, lm_head).float(), dim=-1)
     for out, exists in rollout_outputs(draft, batch, embed, cos, sin, steps, noise):
         keep = exists[batch.answer]
-        out, target, p = out[batch.answer][keep], targets[keep], probs[keep]
+        out, target, p = out[batch.answer & exists], targets[keep], probs[keep]
         feature_loss = F.smooth_l1_loss(out.float(), target.float())
         token_loss = -(p * F.log_softmax(F.linear(out, lm_head).float(), dim=-1)).sum(-1).mean()
         total = total + torch.stack((feature_loss, token_loss))

@@ -101,7 +101,8 @@ def test_drafter_options_reach_the_drafters_that_take_them(script, capsys):
                                                                  "top_k": 10}
     assert "depth" not in script.drafter_options("ngram", args, backbone)
     for bad, msg in ((["--methods", "ngram", "--drafter-option", "depth=6"], "none of the drafters"),
-                     (["--drafter-option", "depth"], "expected KEY=VALUE")):
+                     (["--drafter-option", "depth"], "expected KEY=VALUE"),
+                     (["--methods", "eagle2", "--drafter-option", "draft=x"], "set by --heads")):
         with pytest.raises(SystemExit):
             script.parse_args(bad)
         assert msg in capsys.readouterr().err
