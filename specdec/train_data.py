@@ -28,14 +28,16 @@ class HeadData:
 def append_records(path: str | Path, shard: str, records: list[dict], hidden: list[Tensor] | None) -> None:
     """Append records (id, prompt, answer token ids) to a JSONL file; their hidden states go to one shard file.
 
-    hidden[r] holds the final hidden state at every position of prompt + answer but the last.
+    hidden[r] holds the final hidden state at every position of prompt + answer but the last (then, when the file
+    records aux_layers, the hidden states entering those layers); bf16 is kept, anything else stored as fp16.
     """
     path = Path(path)
     lines = []
     if hidden is not None:
         feature_dir = path.with_suffix(".features")
         feature_dir.mkdir(parents=True, exist_ok=True)
-        save_file({f"row{r}": h.to(torch.float16).contiguous() for r, h in enumerate(hidden)}, str(feature_dir / shard))
+        save_file({f"row{r}": (h if h.dtype == torch.bfloat16 else h.to(torch.float16)).contiguous()
+                   for r, h in enumerate(hidden)}, str(feature_dir / shard))
     for r, rec in enumerate(records):
         lines.append(json.dumps({**rec, "features": {"file": shard, "row": r}} if hidden is not None else rec))
     with path.open("a") as f:

