@@ -1,6 +1,7 @@
 """Draft-head checkpoints: safetensors + config.json, tied to the backbone they were trained on."""
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
@@ -104,3 +105,17 @@ def shipped_heads(model: Transformer, variant: str) -> Path:
             continue
     raise FileNotFoundError(f"no shipped {variant!r} weights for this backbone: train some with "
                             "train/train_heads.py and pass their directory")
+
+
+def resolve_weights(spec: str | Path, model: Transformer, shipped: tuple[str, ...]) -> Path:
+    """The directory behind a weights argument: an existing path, or a bare shipped name (one of `shipped`, no
+    folder part). Anything else is an error naming the shipped choices: a missing path never means shipped weights."""
+    path = Path(spec)
+    if path.exists():
+        return path
+    if str(spec) in shipped:
+        return shipped_heads(model, str(spec))
+    close = difflib.get_close_matches(path.name, shipped, n=1)
+    hint = f"; did you mean the shipped {close[0]!r}?" if close and path.name != close[0] else ""
+    raise FileNotFoundError(f"weights not found: {spec} does not exist. Pass a directory of trained weights or a "
+                            f"shipped name ({', '.join(shipped)}){hint}")

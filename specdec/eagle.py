@@ -14,10 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from specdec.checkpoint import load_module, read_config, save_heads, shipped_heads
+from specdec import eagle3
+from specdec.checkpoint import load_module, read_config, resolve_weights, save_heads
 from specdec.model import Block, ModelArgs, Transformer
+from specdec.packed import linear_fn
 
 KIND = "eagle"
+SHIPPED = ("eagle", "eagle3")
 
 
 @dataclass
@@ -36,7 +39,12 @@ class EagleConfig:
 
 
 class EagleDraft(nn.Module):
-    """The draft network; forward maps (features [n, d], next tokens [n]) to predicted next features [n, d]."""
+    """The draft network; forward maps (features [n, d], next tokens [n]) to predicted next features [n, d].
+
+    Shares its interface with `specdec.eagle3.Eagle3Draft` (hidden_layers, decode_features, logits, scorer),
+    so drafting, training and evaluation serve both."""
+
+    hidden_layers: tuple[int, ...] = ()  # reads only the final hidden state
 
     def __init__(self, config: EagleConfig, args: ModelArgs):
         super().__init__()
@@ -54,6 +62,17 @@ class EagleDraft(nn.Module):
         """The backbone lm_head's rows the draft scores (all of them without a draft vocabulary)."""
         return lm_head[self.vocab_ids] if self.config.draft_vocab else lm_head
 
+    def decode_features(self, hidden: Tensor, layers: dict[int, Tensor]) -> Tensor:
+        return hidden
+
+    def logits(self, out: Tensor, lm_head: Tensor) -> Tensor:
+        """Draft-vocabulary logits of draft outputs through the backbone's lm_head."""
+        return F.linear(out, self.draft_lm_head(lm_head))
+
+    def scorer(self, lm_head: Tensor):
+        """`logits` with the lm_head rows packed once, for drafting."""
+        return linear_fn(self.draft_lm_head(lm_head))
+
     def forward(self, features: Tensor, tokens: Tensor, embed: Tensor, cos: Tensor, sin: Tensor, kv: Tensor,
                 start: int, mask: Tensor | None) -> Tensor:
         """Rows are written to kv at [start, start + n); mask [n, start + n] (None: causal from start 0)."""
@@ -67,9 +86,14 @@ class EagleDraft(nn.Module):
         return torch.zeros(2, attn.n_kv_heads, length, attn.head_dim, dtype=w.dtype, device=w.device)
 
 
-def save_eagle(path: str | Path, draft: EagleDraft, model: Transformer, extra: dict | None = None) -> Path:
-    """Save a draft model as safetensors + config.json (with the backbone fingerprint and any extra metadata)."""
-    return save_heads(path, KIND, asdict(draft.config), draft.state_dict(), model, extra)
+Draft = EagleDraft | eagle3.Eagle3Draft
+
+
+def save_eagle(path: str | Path, draft: Draft, model: Transformer, extra: dict | None = None) -> Path:
+    """Save a draft model (EAGLE or EAGLE-3) as safetensors + config.json (with the backbone fingerprint and any
+    extra metadata)."""
+    kind = eagle3.KIND if isinstance(draft, eagle3.Eagle3Draft) else KIND
+    return save_heads(path, kind, asdict(draft.config), draft.state_dict(), model, extra)
 
 
 def load_official_eagle(path: Path, model: Transformer) -> EagleDraft:
@@ -98,14 +122,18 @@ def load_official_eagle(path: Path, model: Transformer) -> EagleDraft:
     return draft
 
 
-def load_eagle(path: str | Path, model: Transformer) -> tuple[EagleDraft, dict]:
-    """A draft model from our checkpoint, EAGLE's layout, or "eagle" (shipped), on the backbone's device and dtype."""
-    path = Path(path)
-    if path.name in ("default", "eagle") and not path.exists():
-        path = shipped_heads(model, "eagle")
+def load_eagle(path: str | Path, model: Transformer) -> tuple[Draft, dict]:
+    """An EAGLE or EAGLE-3 draft from our checkpoint, the official layouts, or a shipped name ("eagle", "eagle3"),
+    on the backbone's device and dtype; the checkpoint says which."""
+    path = resolve_weights(path, model, SHIPPED)
     meta = read_config(path)
-    if "kind" not in meta and "hidden_size" in meta:
+    if eagle3.is_official_eagle3(meta):
+        draft, meta = eagle3.load_official_eagle3(path, model), {"kind": eagle3.KIND, "source": "official"}
+    elif "kind" not in meta and "hidden_size" in meta:
         draft, meta = load_official_eagle(path, model), {"kind": KIND, "source": "official"}
+    elif meta.get("kind") == eagle3.KIND:
+        draft, meta = load_module(path, eagle3.KIND, model,
+                                  lambda cfg: eagle3.Eagle3Draft(eagle3.Eagle3Config(**cfg), model.args))
     else:
         draft, meta = load_module(path, KIND, model, lambda cfg: EagleDraft(EagleConfig(**cfg), model.args))
     w = model.output.weight

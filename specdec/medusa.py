@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from specdec.checkpoint import load_module, read_config, save_heads, shipped_heads
+from specdec.checkpoint import load_module, read_config, resolve_weights, save_heads
 from specdec.model import Transformer
 
 KIND = "medusa"
+SHIPPED = ("medusa", "medusa-trigram")
 TRIGRAM_TOKENS = {"context": slice(0, 2), "pending": slice(1, 3)}  # columns of (t-1, t, t+1)
 
 
@@ -158,9 +159,7 @@ def load_official_medusa(path: Path, model: Transformer) -> MedusaHeads:
 
 def load_medusa(path: str | Path, model: Transformer) -> tuple[MedusaHeads, dict]:
     """Heads from our checkpoint or an official Medusa one, on the backbone's device and dtype; plus metadata."""
-    path = Path(path)
-    if path.name in ("default", "medusa", "medusa-trigram") and not path.exists():
-        path = shipped_heads(model, "medusa-trigram" if path.name == "medusa-trigram" else "medusa")
+    path = resolve_weights(path, model, SHIPPED)
     meta = read_config(path)
     if "medusa_num_heads" in meta:
         heads, meta = load_official_medusa(path, model), {"kind": KIND, "source": "official"}

@@ -112,13 +112,14 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Grouped-query attention over the static cache; q, k and v share one fused projection."""
+    """Grouped-query attention over the static cache; q, k and v share one fused projection (reading `in_dim`
+    features: the model width unless a draft layer reads more, as EAGLE-3's does)."""
 
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, in_dim: int | None = None):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         qkv_out = (args.n_heads + 2 * args.n_kv_heads) * args.head_dim
-        self.wqkv = nn.Linear(args.dim, qkv_out, bias=args.qkv_bias)
+        self.wqkv = nn.Linear(in_dim or args.dim, qkv_out, bias=args.qkv_bias)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=args.o_bias)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor, start: int | Tensor, mask: Tensor | None) -> Tensor:

@@ -26,7 +26,8 @@ class Generation:
 
 
 class TextStream:
-    """Turns token chunks into text chunks, holding back an incomplete multi-byte character."""
+    """Turns token chunks into text chunks, holding back an incomplete multi-byte character until more tokens
+    complete it or `end` flushes it: the chunks join to exactly the decoded reply."""
 
     def __init__(self, tokenizer, on_text: Callable[[str], None]):
         self.tokenizer, self.on_text = tokenizer, on_text
@@ -36,7 +37,15 @@ class TextStream:
     def __call__(self, new: list[int]) -> None:
         self.tokens.extend(new)
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if not text.endswith("\ufffd") and len(text) > self.sent:
+        if not text.endswith("\ufffd"):
+            self._send(text)
+
+    def end(self) -> None:
+        """Send whatever was held back: the reply ended, complete or not."""
+        self._send(self.tokenizer.decode(self.tokens, skip_special_tokens=True))
+
+    def _send(self, text: str) -> None:
+        if len(text) > self.sent:
             self.on_text(text[self.sent :])
             self.sent = len(text)
 
@@ -95,6 +104,8 @@ class SpecModel:
         sampling = SamplingConfig(temperature, top_p, top_k, seed, lossy_typical_acceptance)
         res = decode(self.backbone.model, ids, self.drafter, max_new_tokens, self.backbone.stop_ids, stream,
                      sampling=sampling, step=self.step)
+        if stream is not None:
+            stream.end()
         return Generation(tok.decode(res.tokens, skip_special_tokens=True), res.tokens, res.stats)
 
 

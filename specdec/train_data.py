@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,11 +65,21 @@ def read_records(path: str | Path) -> list[dict]:
 DataPaths = str | Path | Sequence[str | Path]
 
 
-def records_with_hidden(paths: DataPaths):
-    """(record, prompt + answer ids, hidden states at every position but the last) for each record of one data file
-    or of several, in order."""
+def aux_layers_of(path: str | Path) -> list[int]:
+    """The layers whose input hidden states a data file keeps beside the final ones (gen_distill.py --aux-layers)."""
+    meta = Path(path).with_suffix(".meta.json")
+    return json.loads(meta.read_text()).get("aux_layers", []) if meta.is_file() else []
+
+
+def records_with_hidden(paths: DataPaths, aux: bool = False):
+    """(record, prompt + answer ids, final hidden states at every position but the last) for each record of one data
+    file or of several, in order; aux=True adds the kept aux-layer states, concatenated [T - 1, len(aux) * d]."""
     for path in [paths] if isinstance(paths, (str, Path)) else paths:
         path = Path(path)
+        layers = len(aux_layers_of(path))
+        if aux and not layers:
+            raise ValueError(f"{path} keeps no aux-layer hidden states (EAGLE-3's fused features): make it with "
+                             "train/gen_distill.py --aux-layers eagle3")
         feature_dir = path.with_suffix(".features")
         open_files: dict[str, object] = {}
         for rec in read_records(path):
@@ -80,7 +90,8 @@ def records_with_hidden(paths: DataPaths):
             rows = open_files[f["file"]].get_tensor(f"row{f['row']}")
             if rows.shape[0] != len(ids) - 1:
                 raise ValueError(f"{path}: record {rec['id']} has {rows.shape[0]} hidden states for {len(ids)} tokens")
-            yield rec, ids, rows
+            final, rest = rows.tensor_split((rows.shape[1] // (1 + layers),), dim=1)
+            yield (rec, ids, final, rest) if aux else (rec, ids, final)
 
 
 LABELS = ("backbone", "greedy-path", "data")
@@ -130,11 +141,14 @@ def head_data(path: DataPaths, num_heads: int, max_positions: int | None = None,
 @dataclass
 class SequenceData:
     """Whole conversations for a feature-level draft (EAGLE): hidden states at every position but the last,
-    token ids, and prompt lengths."""
+    token ids, prompt lengths, the backbone's own next token after each position, and for EAGLE-3 the fused
+    layers' hidden states."""
 
-    hidden: list[Tensor]  # [T_i - 1, d] float16
+    hidden: list[Tensor]  # [T_i - 1, d] float16 / bfloat16
     tokens: list[Tensor]  # [T_i] int64
     prompt_len: list[int]
+    best: list[Tensor] = field(default_factory=list)  # [T_i - 1]: the backbone's argmax after each position
+    aux: list[Tensor] = field(default_factory=list)  # [T_i - 1, k * d] when read with aux=True
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -144,15 +158,22 @@ class SequenceData:
         return sum(len(t) - p for t, p in zip(self.tokens, self.prompt_len))
 
 
-def sequence_data(path: DataPaths, max_positions: int | None = None) -> SequenceData:
-    """Conversations with at least two answer tokens, up to max_positions answer tokens in all."""
+def sequence_data(path: DataPaths, max_positions: int | None = None, aux: bool = False) -> SequenceData:
+    """Conversations with at least two answer tokens, up to max_positions answer tokens in all; aux=True also reads
+    the fused layers' hidden states (EAGLE-3)."""
     data = SequenceData([], [], [])
-    for rec, ids, rows in records_with_hidden(path):
+    for rec, ids, rows, *rest in records_with_hidden(path, aux):
         if len(rec["answer"]) < 2:
             continue
         data.hidden.append(rows)
         data.tokens.append(ids)
         data.prompt_len.append(len(rec["prompt"]))
+        best = ids[1:].clone()
+        if "target" in rec:  # teacher-forced text: the backbone's own picks over the answer
+            best[len(rec["prompt"]) - 1 :] = torch.tensor(rec["target"])
+        data.best.append(best)
+        if aux:
+            data.aux.append(rest[0])
         if max_positions is not None and data.answer_positions >= max_positions:
             break
     if not data.tokens:

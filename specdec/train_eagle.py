@@ -1,7 +1,10 @@
-"""EAGLE training pieces: packed teacher-forced batches, the feature + token loss, and rolled-out accuracy.
+"""EAGLE / EAGLE-3 training pieces: packed teacher-forced batches, the losses, and rolled-out accuracy.
 
-Input j of a conversation is (f_j, x_{j+1}); its target is f_{j+1}: SmoothL1 on the feature plus 0.1 x the
+Input j of a conversation is (f_j, x_{j+1}); its target is f_{j+1}. EAGLE: SmoothL1 on the feature plus 0.1 x the
 cross-entropy against the backbone's own distribution softmax(lm_head f_{j+1}), on answer positions only.
+EAGLE-3: the input is the fused layers' features at j, and the loss has no feature term: per drafting step, the
+soft cross-entropy against the backbone's distribution restricted to the draft vocabulary (positions whose backbone
+argmax lies outside it masked), steps weighted 0.8^i by the caller.
 With `steps` > 1 the draft is also trained on what it reads when drafting s tokens ahead (EAGLE-3's training-time
 test, HASS's context alignment): at step s input j is (the step s-1 output at j-1, x_{j+1}), attending to the
 teacher-forced keys up to j-s+1 and to its own steps' keys on the diagonal, exactly the draft cache at depth s.
@@ -14,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from specdec.eagle import EagleDraft
+from specdec.eagle import Draft
 from specdec.train_data import SequenceData
 
 EVAL_RANKS = 10
@@ -24,30 +27,35 @@ EVAL_RANKS = 10
 class PackedBatch:
     """Several conversations in one row set with a block-diagonal causal mask; positions restart per conversation."""
 
-    features: Tensor  # [n, d] inputs f_j
+    features: Tensor  # [n, d] inputs f_j (EAGLE-3: the fused layers' [n, k * d])
     tokens: Tensor  # [n] inputs x_{j+1}
     targets: Tensor  # [n, d] f_{j+1}
     positions: Tensor  # [n]
     mask: Tensor  # [n, n] bool
     answer: Tensor  # [n] bool: the target predicts an answer token
+    best: Tensor  # [n] the backbone's argmax at j+1 (what f_{j+1} predicts)
 
 
-def pack(data: SequenceData, index: list[int], device: torch.device, dtype: torch.dtype) -> PackedBatch:
-    """Teacher-forced inputs and targets of the conversations `index`, on one device."""
-    feats, toks, targets, pos, answer, seq = [], [], [], [], [], []
+def pack(data: SequenceData, index: list[int], device: torch.device, dtype: torch.dtype,
+         all_positions: bool = False) -> PackedBatch:
+    """Teacher-forced inputs and targets of the conversations `index`, on one device (inputs from the fused layers
+    when the data holds them); all_positions: prompt rows count as `answer` rows too (they get a loss)."""
+    feats, toks, targets, pos, answer, seq, best = [], [], [], [], [], [], []
     for n, i in enumerate(index):
         f, ids, p = data.hidden[i], data.tokens[i], data.prompt_len[i]
         rows = len(ids) - 2  # inputs j = 0 .. T-3
-        feats.append(f[:-1])
+        feats.append((data.aux[i] if data.aux else f)[:-1])
         toks.append(ids[1:-1])
         targets.append(f[1:])
+        best.append((data.best[i] if data.best else ids[1:])[1:])  # data without recorded picks: its own text
         pos.append(torch.arange(rows))
-        answer.append(torch.arange(1, rows + 1) >= p - 1)  # h_{j+1} predicts x_{j+2}: an answer token from p - 1 on
+        # h_{j+1} predicts x_{j+2}: an answer token from p - 1 on
+        answer.append(torch.arange(1, rows + 1) >= (0 if all_positions else p - 1))
         seq.append(torch.full((rows,), n))
     seq_t, pos_t = torch.cat(seq), torch.cat(pos)
     mask = (seq_t[:, None] == seq_t[None, :]) & (pos_t[:, None] >= pos_t[None, :])
     return PackedBatch(torch.cat(feats).to(device, dtype), torch.cat(toks).to(device), torch.cat(targets).to(device, dtype),
-                       pos_t.to(device), mask.to(device), torch.cat(answer).to(device))
+                       pos_t.to(device), mask.to(device), torch.cat(answer).to(device), torch.cat(best).to(device))
 
 
 def rollout_mask(batch: PackedBatch, step: int) -> Tensor:
@@ -60,7 +68,8 @@ def rollout_mask(batch: PackedBatch, step: int) -> Tensor:
 
 def rollout_outputs(draft: torch.nn.Module, batch: PackedBatch, embed: Tensor, cos: Tensor, sin: Tensor, steps: int,
                     noise: float) -> list[tuple[Tensor, Tensor]]:
-    """(draft outputs [n, d], rows that exist at this step [n]) for steps 1..`steps`; noise on step 1's inputs only."""
+    """(draft outputs [n, d], rows that exist at this step [n]) for steps 1..`steps`; noise on step 1's inputs only.
+    Steps from 2 on read the previous step's outputs in place of the backbone's features (the training-time test)."""
     x = batch.features + (torch.rand_like(batch.features) - 0.5) * noise
     module = draft.module if hasattr(draft, "module") else draft
     n = x.shape[0]
@@ -93,11 +102,28 @@ def eagle_losses(draft: torch.nn.Module, batch: PackedBatch, embed: Tensor, lm_h
     return total / steps
 
 
+def eagle3_losses(draft: torch.nn.Module, batch: PackedBatch, embed: Tensor, lm_head: Tensor, cos: Tensor,
+                  sin: Tensor, noise: float, steps: int) -> Tensor:
+    """[steps] soft cross-entropies against the backbone's distribution over the draft vocabulary, answer
+    positions whose backbone argmax the draft vocabulary holds."""
+    module = draft.module if hasattr(draft, "module") else draft
+    rows = batch.answer & module.t2d[batch.best]
+    with torch.no_grad():  # every step predicts the same tokens: their distributions are computed once
+        probs = F.softmax(F.linear(batch.targets[rows], lm_head[module.t2d]).float(), dim=-1)
+    losses = []
+    for out, exists in rollout_outputs(draft, batch, embed, cos, sin, steps, noise):
+        keep = exists[rows]
+        logp = F.log_softmax(module.logits(out[rows & exists]).float(), dim=-1)
+        losses.append(-(probs[keep] * logp).sum(-1).mean() if keep.any() else out.sum() * 0)
+    return torch.stack(losses)
+
+
 @torch.no_grad()
-def rollout_accuracy(draft: EagleDraft, data: SequenceData, embed: Tensor, lm_head: Tensor, cos: Tensor, sin: Tensor,
+def rollout_accuracy(draft: Draft, data: SequenceData, embed: Tensor, lm_head: Tensor, cos: Tensor, sin: Tensor,
                      depth: int = 5, positions: int = 1024, seed: int = 0) -> dict:
     """Draft `depth` tokens ahead from answer positions along the true (greedy) answer, as when decoding: per-depth
-    top-1/top-5 and rank accuracy, each conditioned on the path so far being right; out-of-vocabulary = miss."""
+    top-1/top-5 and rank accuracy, each conditioned on the path so far being right; out-of-vocabulary = miss.
+    EAGLE-3 drafts read the data's fused layers."""
     device = embed.device
     index = torch.full((embed.shape[0],), -1, dtype=torch.long, device=device)
     index[draft.vocab_ids] = torch.arange(len(draft.vocab_ids), device=device)
@@ -109,10 +135,10 @@ def rollout_accuracy(draft: EagleDraft, data: SequenceData, embed: Tensor, lm_he
     by_seq: dict[int, list[int]] = {}
     for i, j in chosen:
         by_seq.setdefault(i, []).append(j)
-    w = draft.fc.weight
+    dtype = draft.fc.weight.dtype
     for i, js in by_seq.items():
         ids = data.tokens[i].to(device)
-        f = data.hidden[i].to(device, w.dtype)
+        f = (data.aux[i] if data.aux else data.hidden[i]).to(device, dtype)
         kv = draft.new_cache(len(ids) + depth)
         n = len(ids) - 2
         pos = torch.arange(n, device=device)
@@ -126,7 +152,7 @@ def rollout_accuracy(draft: EagleDraft, data: SequenceData, embed: Tensor, lm_he
                 counts[d - 1] += 1
                 if label < 0:
                     break
-                top = F.linear(h, lm_head)[0].topk(EVAL_RANKS).indices
+                top = draft.logits(h, lm_head)[0].topk(EVAL_RANKS).indices
                 hits[d - 1] += (top == label).float().cpu()
                 p = torch.tensor([j + d], device=device)
                 h = draft(h, ids[j + 1 + d : j + 2 + d], embed, cos[p], sin[p], kv, j + d, None)

@@ -3,6 +3,7 @@
     python train/train_heads.py --head medusa --data data/distill_train.jsonl --eval-data data/distill_heldout.jsonl --out runs/medusa
     torchrun --nproc_per_node=2 train/train_heads.py --head medusa --trigram all ...
     python train/train_heads.py --head eagle --data ... --out runs/eagle   # EAGLE draft layer (feature + token loss)
+    python train/train_heads.py --head eagle3 --data ... --out runs/eagle3 # EAGLE-3 (fused layers, training-time test)
 
 DDP over torchrun (gloo on CPU, nccl on CUDA), bf16 autocast on CUDA, gradient accumulation, cosine schedule
 with warm-up, per-head top-1/top-5 eval, checkpoints every --save-every steps; rerun the same command after
@@ -30,18 +31,20 @@ from tqdm import tqdm
 
 from specdec.backbone import backbone_dir, load_transformer, resolve_dtype
 from specdec.eagle import EagleConfig, EagleDraft, load_eagle, save_eagle
+from specdec.eagle3 import Eagle3Config, Eagle3Draft
 from specdec.medusa import MedusaConfig, MedusaHeads, load_medusa, save_medusa
 from specdec.model import Transformer, rope_tables
-from specdec.train_data import LABELS, HeadData, head_data, sequence_data
-from specdec.train_eagle import eagle_losses, pack, rollout_accuracy
+from specdec.train_data import LABELS, HeadData, SequenceData, aux_layers_of, head_data, sequence_data
+from specdec.train_eagle import eagle3_losses, eagle_losses, pack, rollout_accuracy
 
 EVAL_RANKS = 10
+EAGLE3_DRAFT_VOCAB = 8192  # of SmolLM2's 49,152 tokens; vLLM's own EAGLE-3 test draft for it uses the same size
 TIMING_START, TIMING_STEPS = 3, 10  # --minutes: steps timed after the first few
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--head", choices=("medusa", "eagle"), default="medusa")
+    p.add_argument("--head", choices=("medusa", "eagle", "eagle3"), default="medusa")
     p.add_argument("--backbone", default=None, help="local HF directory (default: the embedded SmolLM2)")
     p.add_argument("--data", type=Path, nargs="+", required=True,
                    help="gen_distill.py JSONL file(s), hidden states beside each; several are read in order")
@@ -56,14 +59,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trigram-tokens", choices=("context", "pending"), default="context",
                    help="context: tokens (t-1, t); pending: (t, t+1), the backbone's own next token")
     p.add_argument("--own-lm-head", action="store_true", help="a trainable lm_head copy per head (Medusa's layout)")
-    p.add_argument("--draft-vocab", type=int, default=0,
-                   help="heads score only the N most frequent answer tokens (0: the whole vocabulary)")
-    p.add_argument("--noise", type=float, default=0.2, help="eagle: width of the uniform noise on input features")
+    p.add_argument("--draft-vocab", type=int, default=None,
+                   help="heads score only the N most frequent answer tokens (0: the whole vocabulary; default 0, "
+                        f"eagle3 {EAGLE3_DRAFT_VOCAB})")
+    p.add_argument("--noise", type=float, default=None,
+                   help="eagle: width of the uniform noise on input features (default 0.2; eagle3 0)")
     p.add_argument("--token-weight", type=float, default=0.1, help="eagle: weight of the token loss (feature loss: 1)")
+    p.add_argument("--train-on", choices=("answer", "all"), default="answer",
+                   help="eagle, eagle3: positions whose targets are trained: answers only, or prompts too (their "
+                        "features are computed anyway; the targets stay the backbone's own distribution)")
     p.add_argument("--eval-depth", type=int, default=5, help="eagle: tokens drafted ahead in evaluation")
-    p.add_argument("--rollout-steps", type=int, default=1,
-                   help="eagle: also train on drafting 2..N tokens ahead from the draft's own features (EAGLE-3's "
-                        "training-time test); 1: teacher forcing only")
+    p.add_argument("--rollout-steps", type=int, default=None,
+                   help="eagle, eagle3: also train on drafting 2..N tokens ahead from the draft's own features (EAGLE-3's "
+                        "training-time test); 1: teacher forcing only (default 1; eagle3 7, EAGLE-3's)")
     p.add_argument("--init", default=None,
                    help="start from these saved heads / draft ('medusa', 'eagle', ... for the shipped ones); their "
                         "config (heads, trigram, draft vocabulary) replaces those options")
@@ -92,9 +100,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-grad-norm", type=float, default=0.0, help="clip gradients to this norm (0: off; EAGLE uses 0.5)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
-    eagle = args.head == "eagle"
+    eagle, eagle3 = args.head in ("eagle", "eagle3"), args.head == "eagle3"
+    args.rollout_steps = args.rollout_steps or (7 if eagle3 else 1)
+    args.noise = (0.0 if eagle3 else 0.2) if args.noise is None else args.noise
+    args.draft_vocab = (EAGLE3_DRAFT_VOCAB if eagle3 else 0) if args.draft_vocab is None else args.draft_vocab
     if args.rollout_steps < 1 or (args.rollout_steps > 1 and not eagle):
-        p.error("--rollout-steps must be at least 1, and above 1 only with --head eagle")
+        p.error("--rollout-steps must be at least 1, and above 1 only with --head eagle or eagle3")
+    if eagle3 and args.draft_vocab < 1:
+        p.error("--head eagle3 scores a draft vocabulary: --draft-vocab must be at least 1")
     args.micro_batch = args.micro_batch or (4 if eagle else 256)
     args.lr = args.lr or (3e-4 if eagle else 1e-3)
     return args
@@ -121,9 +134,9 @@ def head_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (ce.view(k, n) * valid).sum(1) / valid.sum(1).clamp(min=1)
 
 
-def frequent_tokens(labels: torch.Tensor, n: int) -> torch.Tensor:
+def frequent_tokens(labels: torch.Tensor, n: int, vocab_size: int = 0) -> torch.Tensor:
     """The n most frequent tokens among labels (ties by id): the draft vocabulary."""
-    counts = torch.bincount(labels[labels >= 0], minlength=n)
+    counts = torch.bincount(labels[labels >= 0], minlength=max(n, vocab_size))
     return counts.argsort(descending=True, stable=True)[:n]
 
 
@@ -234,12 +247,17 @@ def medusa_task(args: argparse.Namespace, model: Transformer, device: torch.devi
 
 
 def eagle_task(args: argparse.Namespace, model: Transformer, device: torch.device) -> Task:
-    """An EAGLE draft layer over cached conversations (prompt and answer features)."""
+    """An EAGLE or EAGLE-3 draft layer over cached conversations (prompt and answer features)."""
     embed = model.tok_embeddings.weight
-    data = sequence_data(args.data, args.max_positions)
-    eval_data = sequence_data(args.eval_data) if args.eval_data else None
+    eagle3 = args.head == "eagle3"
+    data = sequence_data(args.data, args.max_positions, aux=eagle3)
+    eval_data = sequence_data(args.eval_data, aux=eagle3) if args.eval_data else None
     if args.init:
         draft = load_eagle(args.init, model)[0].float().requires_grad_(True)
+        if isinstance(draft, Eagle3Draft) != eagle3:
+            raise SystemExit(f"--init {args.init} is not an {args.head} draft")
+    elif eagle3:
+        draft = new_eagle3(args, model, data)
     else:
         draft = EagleDraft(EagleConfig(model.args.dim, model.args.vocab_size, args.draft_vocab), model.args)
         if args.draft_vocab:
@@ -250,19 +268,38 @@ def eagle_task(args: argparse.Namespace, model: Transformer, device: torch.devic
                            torch.float32, device)
 
     def losses(trainable: torch.nn.Module, micro: torch.Tensor) -> torch.Tensor:
-        batch = pack(data, micro.tolist(), device, torch.float32)
+        batch = pack(data, micro.tolist(), device, torch.float32, args.train_on == "all")
+        if eagle3:
+            return eagle3_losses(trainable, batch, embed, model.output.weight, cos, sin, args.noise, args.rollout_steps)
         return eagle_losses(trainable, batch, embed, draft.draft_lm_head(model.output.weight), cos, sin, args.noise,
                             args.rollout_steps)
 
     def evaluate_draft() -> dict:
         draft.eval()
-        out = rollout_accuracy(draft, eval_data, embed, draft.draft_lm_head(model.output.weight), cos, sin,
-                               args.eval_depth, min(args.eval_positions, 1024), args.seed)
+        out = rollout_accuracy(draft, eval_data, embed, model.output.weight, cos, sin, args.eval_depth,
+                               min(args.eval_positions, 1024), args.seed)
         draft.train()
         return out
 
-    return Task(draft, len(data), torch.tensor([1.0, args.token_weight], device=device), losses, evaluate_draft,
+    weights = [args.loss_decay**i for i in range(args.rollout_steps)] if eagle3 else [1.0, args.token_weight]
+    return Task(draft, len(data), torch.tensor(weights, device=device), losses, evaluate_draft,
                 lambda path, extra: save_eagle(path, draft, model, extra))
+
+
+def new_eagle3(args: argparse.Namespace, model: Transformer, data: SequenceData) -> Eagle3Draft:
+    """A fresh EAGLE-3 draft: the data's fused layers, the answers' most frequent backbone picks as its vocabulary,
+    its lm_head and final norm started from the backbone's (its outputs start out read like backbone features)."""
+    layers = {tuple(aux_layers_of(path)) for path in args.data}
+    if len(layers) > 1:
+        raise SystemExit(f"the data files keep different aux layers {sorted(layers)}: make them with one --aux-layers")
+    a = model.args
+    draft = Eagle3Draft(Eagle3Config(a.dim, a.vocab_size, args.draft_vocab, list(layers.pop())), a)
+    picks = torch.cat([b[p - 1 :] for b, p in zip(data.best, data.prompt_len)])
+    draft.set_vocab(frequent_tokens(picks, args.draft_vocab, a.vocab_size))
+    with torch.no_grad():
+        draft.lm_head.weight.copy_(model.output.weight[draft.vocab_ids].float())
+        draft.norm.weight.copy_(model.norm.weight.float())
+    return draft
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -277,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = load_transformer(backbone_dir(args.backbone), resolve_dtype(args.dtype, device), device,
                              args.quantize).requires_grad_(False)
-    task = (eagle_task if args.head == "eagle" else medusa_task)(args, model, device)
+    task = (medusa_task if args.head == "medusa" else eagle_task)(args, model, device)
     has_eval = args.eval_data is not None
     trainable = torch.nn.parallel.DistributedDataParallel(task.module) if world > 1 else task.module
     per_step = args.micro_batch * args.grad_accum * world
@@ -297,7 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
             sched = cosine_schedule(opt, args.warmup, total, step)
     timed = args.minutes is not None and step == 0
     if main_rank:
-        print(f"{task.size} {'conversations' if args.head == 'eagle' else 'positions'}, {world} process(es), "
+        print(f"{task.size} {'positions' if args.head == 'medusa' else 'conversations'}, {world} process(es), "
               f"{per_step} per step, {total} steps" + (f", resuming at step {step}" if step else ""), flush=True)
     autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     bar = tqdm(total=total, initial=step, disable=not main_rank, unit="step")
@@ -354,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict:
                            "seconds": round(time.perf_counter() - started, 1)}}
         if has_eval:
             extra["eval"] = task.evaluate()
-        out = task.save(args.out / ("eagle" if args.head == "eagle" else "heads"), extra)
+        out = task.save(args.out / ("heads" if args.head == "medusa" else args.head), extra)
         print(json.dumps(extra.get("eval", {}), indent=None)[:2000])
         print(f"saved {args.head} weights to {out}")
         summary.update(extra)

@@ -5,13 +5,14 @@ import inspect
 from typing import Callable
 
 from specdec.drafters.base import DecodeState, Drafter, NoDrafter
-from specdec.drafters.eagle import EagleDrafter, eagle2
+from specdec.drafters.eagle import EagleDrafter, eagle2, eagle3
 from specdec.drafters.lookahead import LookaheadConfig, LookaheadDrafter
 from specdec.drafters.medusa import MedusaDrafter, medusa_trigram
 from specdec.drafters.ngram import NgramConfig, NgramDrafter
 
 DRAFTERS = {"vanilla": NoDrafter, "ngram": NgramDrafter, "lookahead": LookaheadDrafter,
-            "medusa": MedusaDrafter, "medusa-trigram": medusa_trigram, "eagle": EagleDrafter, "eagle2": eagle2}
+            "medusa": MedusaDrafter, "medusa-trigram": medusa_trigram, "eagle": EagleDrafter, "eagle2": eagle2,
+            "eagle3": eagle3}
 LOOKUP_SUFFIX = "+lookup"  # "eagle2+lookup": the drafter with a prompt-lookup branch (specdec.drafters.lookup)
 
 
@@ -39,4 +40,4 @@ def make_drafter(name: str, **options) -> Drafter:
     return factory(**options)
 
 
-__all__ = ["DRAFTERS", "DecodeState", "Drafter", "EagleDrafter", "eagle2", "MedusaDrafter", "LookaheadConfig", "LookaheadDrafter", "NgramConfig", "NgramDrafter", "NoDrafter", "drafter_factory", "drafter_names", "make_drafter"]
+__all__ = ["DRAFTERS", "DecodeState", "Drafter", "EagleDrafter", "eagle2", "eagle3", "MedusaDrafter", "LookaheadConfig", "LookaheadDrafter", "NgramConfig", "NgramDrafter", "NoDrafter", "drafter_factory", "drafter_names", "make_drafter"]

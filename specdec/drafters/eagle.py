@@ -2,7 +2,9 @@
 
 eagle (EAGLE-1): a static tree (a Medusa-style choice list: path (r1, r2, ...) = rank r_d at depth d).
 eagle2 (EAGLE-2): a dynamic tree: at each depth the top_k nodes by path log-probability are expanded, then all
-candidates are reranked and the best total_tokens - 1 kept. Either way the tree is cut to the size that maximises
+candidates are reranked and the best total_tokens - 1 kept. eagle3: the same dynamic tree drafted by an EAGLE-3
+draft (fused low/middle/high features, its own draft-vocabulary lm_head; specdec.eagle3); the drafter asks the
+verify forward for the layers the draft reads. Either way the tree is cut to the size that maximises
 expected tokens per unit of verify cost when the device's verify cost grows with tree size (this CPU).
 Either takes a prompt-lookup branch (lookup=True, "eagle2+lookup"; specdec.drafters.lookup).
 """
@@ -19,10 +21,11 @@ from specdec.drafters.base import DecodeState, Drafter, root_only
 from specdec.drafters.medusa import head_tree
 from specdec.drafters.lookup import best_tree, lookup_branch
 from specdec.drafters.ngram import NgramConfig
-from specdec.eagle import EagleDraft, load_eagle
+from specdec.eagle import Draft, load_eagle
+from specdec.eagle3 import Eagle3Draft
 from specdec.machine import machine_kind, verify_cost_curve
 from specdec.model import Transformer
-from specdec.packed import linear_fn, pack_linears
+from specdec.packed import pack_linears
 from specdec.tree import Tree, parents_from_choices
 
 # EAGLE-2 tree (depth, top_k, total_tokens) and EAGLE-1 static nodes per machine kind: the paper's GPU setting, small
@@ -34,25 +37,26 @@ STATIC_DEPTH = 5
 
 
 class EagleDrafter(Drafter):
-    """EAGLE-1 (static tree) or EAGLE-2 (tree="dynamic") drafting from an EAGLE draft model; lookup=True (or an
-    NgramConfig) adds a prompt-lookup branch to every tree."""
+    """EAGLE-1 (static tree) or EAGLE-2 (tree="dynamic") drafting from an EAGLE or EAGLE-3 draft model; lookup=True
+    (or an NgramConfig) adds a prompt-lookup branch to every tree."""
 
     name = "eagle"
 
-    def __init__(self, model: Transformer, draft: str | Path | EagleDraft = "eagle", tree: str | int | list = "auto",
+    def __init__(self, model: Transformer, draft: str | Path | Draft = "eagle", tree: str | int | list = "auto",
                  depth: int | None = None, top_k: int | None = None, total_tokens: int | None = None,
                  verify_cost: dict[int, float] | None = None, lookup: bool | NgramConfig = False):
         device = model.output.weight.device
         kind = machine_kind(model.tok_embeddings.weight)
         self.model = model
-        if isinstance(draft, EagleDraft):  # a copy: packing its linears must not touch a module still being trained
+        if isinstance(draft, torch.nn.Module):  # a copy: packing its linears must not touch a module still being trained
             self.draft, meta = copy.deepcopy(draft).requires_grad_(False), {}
         else:
             self.draft, meta = load_eagle(draft, model)
         pack_linears(self.draft)
         self.embed = model.tok_embeddings.weight
-        self.score = linear_fn(self.draft.draft_lm_head(model.output.weight))  # the draft's lm_head, packed
+        self.score = self.draft.scorer(model.output.weight)  # the draft's lm_head, packed
         self.vocab_ids = self.draft.vocab_ids
+        self.hidden_layers = self.draft.hidden_layers
         self.dynamic = tree == "dynamic"
         if self.dynamic:
             d, k, n = DYNAMIC[kind]
@@ -102,13 +106,13 @@ class EagleDrafter(Drafter):
             self.anc = torch.zeros(self.tree_slots, self.tree_slots, dtype=torch.bool, device=self.kv.device)
         self.length = 0
         prompt = state.tokens[: state.prompt_len + 1]
-        self._commit(state.hidden, prompt[1:])
+        self._commit(self.draft.decode_features(state.hidden, state.layers), prompt[1:])
         if self.lookup is not None:
             self.lookup.begin(state)
 
     def update(self, state: DecodeState) -> None:
         n = state.hidden.shape[0]
-        self._commit(state.hidden, state.tokens[-n:])
+        self._commit(self.draft.decode_features(state.hidden, state.layers), state.tokens[-n:])
         if self.lookup is not None:
             self.lookup.update(state)
 
@@ -195,10 +199,18 @@ class EagleDrafter(Drafter):
         return torch.cat(tokens), parents, torch.cat(scores)
 
 
-def eagle2(model: Transformer, draft: str | Path | EagleDraft = "eagle", depth: int | None = None,
+def eagle2(model: Transformer, draft: str | Path | Draft = "eagle", depth: int | None = None,
            top_k: int | None = None, total_tokens: int | None = None,
            verify_cost: dict[int, float] | None = None, lookup: bool | NgramConfig = False) -> EagleDrafter:
-    """EAGLE-2: the same draft model with dynamic trees (lookup: with a prompt-lookup branch)."""
+    """EAGLE-2's dynamic trees from a draft model (lookup: with a prompt-lookup branch); named "eagle3" when the
+    draft is an EAGLE-3 one."""
     drafter = EagleDrafter(model, draft, "dynamic", depth, top_k, total_tokens, verify_cost, lookup)
-    drafter.name = "eagle2+lookup" if drafter.lookup else "eagle2"
+    drafter.name = ("eagle3" if isinstance(drafter.draft, Eagle3Draft) else "eagle2") + ("+lookup" if drafter.lookup else "")
     return drafter
+
+
+def eagle3(model: Transformer, draft: str | Path | Draft = "eagle3", depth: int | None = None,
+           top_k: int | None = None, total_tokens: int | None = None,
+           verify_cost: dict[int, float] | None = None, lookup: bool | NgramConfig = False) -> EagleDrafter:
+    """EAGLE-3: an EAGLE-3 draft (shipped "eagle3" by default) with EAGLE-2's dynamic trees."""
+    return eagle2(model, draft, depth, top_k, total_tokens, verify_cost, lookup)
