@@ -26,6 +26,7 @@ from specdec.sampling import SamplingConfig, sample, target_probs, tree_sample_a
 from specdec.tree import Tree, TreeShape, shape_from_parents
 from test_decode import OracleTreeDrafter, PROMPTS, reference
 from test_eagle import random_draft
+from test_eagle3 import random_eagle3
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,7 +38,8 @@ ALPHA = 1e-3  # chi-square p-value threshold: exact rules stay above, broken one
 PROMPT = [1, 2, 5, 6, 3, 6, 2, 0, 2, 2, 2, 2, 2]
 CONFIGS = {"t1": SamplingConfig(temperature=1.0), "t0.7-top4": SamplingConfig(temperature=0.7, top_k=4),
            "t1.3-p0.9": SamplingConfig(temperature=1.3, top_p=0.9)}
-DRAFTERS = ("vanilla", "ngram", "lookahead", "medusa", "eagle", "eagle2", "eagle2+lookup", "oracle-tree")
+DRAFTERS = ("vanilla", "ngram", "lookahead", "medusa", "eagle", "eagle2", "eagle2+lookup", "eagle3", "eagle3+lookup",
+            "oracle-tree")
 # by default each drafter meets one configuration (every configuration is met); SPECDEC_SLOW=1 runs all pairs
 PAIRS = [(d, c) for d in DRAFTERS for c in CONFIGS] if os.environ.get("SPECDEC_SLOW") else \
     [(d, list(CONFIGS)[i % len(CONFIGS)]) for i, d in enumerate(DRAFTERS)]
@@ -153,9 +155,10 @@ def make(name: str, small) -> Drafter:
     if name == "eagle":  # verify_cost={}: never cut the tree to a plain step
         return EagleDrafter(model, random_draft(model, seed=3), tree=[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0]],
                             verify_cost={})
-    if name.startswith("eagle2"):
+    if name.startswith(("eagle2", "eagle3")):
         lookup = NgramConfig(max_ngram=2, min_ngram=1, draft_len=3) if name.endswith("+lookup") else False
-        return eagle2(model, random_draft(model, seed=4), depth=3, top_k=3, total_tokens=8, verify_cost={}, lookup=lookup)
+        draft = random_draft(model, seed=4) if name.startswith("eagle2") else random_eagle3(model, 4, 6, aux=[1, 1])
+        return eagle2(model, draft, depth=3, top_k=3, total_tokens=8, verify_cost={}, lookup=lookup)
     return OracleTreeSampler(oracle_ranking(hf))
 
 

@@ -2,6 +2,7 @@
 and trained heads that are accepted yet lossless."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,10 +13,11 @@ import torch
 
 from conftest import VOCAB, load_script
 from specdec.decode import decode
-from specdec.drafters import EagleDrafter, MedusaDrafter
+from specdec.drafters import EagleDrafter, MedusaDrafter, eagle3
 from specdec.eagle import load_eagle
+from specdec.eagle3 import Eagle3Draft
 from specdec.medusa import load_medusa
-from specdec.train_data import append_records, head_data, sequence_data
+from specdec.train_data import append_records, head_data, records_with_hidden, sequence_data
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -121,10 +123,11 @@ def test_resume_after_a_kill_gives_the_same_heads(distilled, tmp_path):
     tiny, model, root, _ = distilled
     whole = train_heads.main(args_for(tiny, root, tmp_path / "whole", "--epochs", "2", "--draft-vocab", "200"))
     part = train_heads.main(args_for(tiny, root, tmp_path / "cut", "--epochs", "2", "--draft-vocab", "200", "--max-steps", "3"))
-    assert part["step"] == 3 and not (tmp_path / "cut" / "heads").exists()
-    rest = train_heads.main(args_for(tiny, root, tmp_path / "cut", "--epochs", "2", "--draft-vocab", "200"))  # resumes at step 2
-    assert rest["step"] == whole["step"] and len(rest["losses"]) == whole["step"] - 2
-    assert torch.allclose(torch.tensor(rest["losses"]), torch.tensor(whole["losses"][2:]), rtol=1e-5)
+    assert part["step"] == 3  # not a save step (every 2): the stop itself saves a checkpoint and usable heads
+    assert load_medusa(tmp_path / "cut" / "heads", model)[1]["train"]["complete"] is False
+    rest = train_heads.main(args_for(tiny, root, tmp_path / "cut", "--epochs", "2", "--draft-vocab", "200"))  # at step 3
+    assert rest["step"] == whole["step"] and len(rest["losses"]) == whole["step"] - 3
+    assert torch.allclose(torch.tensor(rest["losses"]), torch.tensor(whole["losses"][3:]), rtol=1e-5)
     a, _ = load_medusa(tmp_path / "whole" / "heads", model)
     b, _ = load_medusa(tmp_path / "cut" / "heads", model)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
@@ -187,10 +190,12 @@ def test_eagle_resume_after_a_kill_gives_the_same_draft(distilled, tmp_path):
     tiny, model, root, _ = distilled
     run = lambda out, *x: train_heads.main(args_for(tiny, root, tmp_path / out, *EAGLE, "--epochs", "1", *x))  # noqa: E731
     whole = run("whole")
-    assert run("cut", "--max-steps", "3")["step"] == 3 and not (tmp_path / "cut" / "eagle").exists()
+    assert run("cut", "--max-steps", "3")["step"] == 3  # not a save step: the stop saves one, and usable weights
+    _, meta = load_eagle(tmp_path / "cut" / "eagle", model)
+    assert meta["train"] == {"steps": 3, "of_steps": whole["step"], "complete": False}
     rest = run("cut")
-    assert rest["step"] == whole["step"] and len(rest["losses"]) == whole["step"] - 2
-    assert torch.allclose(torch.tensor(rest["losses"]), torch.tensor(whole["losses"][2:]), rtol=1e-4)
+    assert rest["step"] == whole["step"] and len(rest["losses"]) == whole["step"] - 3
+    assert torch.allclose(torch.tensor(rest["losses"]), torch.tensor(whole["losses"][3:]), rtol=1e-4)
     a, _ = load_eagle(tmp_path / "whole" / "eagle", model)
     b, _ = load_eagle(tmp_path / "cut" / "eagle", model)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
@@ -235,3 +240,69 @@ def test_minutes_budget_ends_the_run_early_and_a_rerun_keeps_its_length(distille
     assert meta["train"]["steps"] == timed + 1
     again = train_heads.main(args)  # resumes from the final checkpoint: the shortened run is already done
     assert again["step"] == again["total_steps"] == timed + 1 and again["losses"] == []
+
+
+AUX = [1, 2]  # the tiny backbones have 3 layers: the hidden states entering layers 1 and 2
+
+
+@torch.no_grad()
+def make_distill_aux(model, path: Path, sequences: list[list[int]], answer_len: int = 48) -> None:
+    """gen_distill.py --aux-layers 1,2 on a tiny backbone: final hidden states then the fused layers' inputs."""
+    records, rows = [], []
+    for i, ids in enumerate(sequences):
+        model.reset()
+        out = model.forward(torch.tensor(ids[:-1]), hidden_layers=tuple(i - 1 for i in AUX))
+        rows.append(torch.cat([out.hidden] + [out.layers[i - 1] for i in AUX], dim=-1))
+        records.append({"id": f"a{i}", "prompt": ids[: len(ids) - answer_len], "answer": ids[len(ids) - answer_len :]})
+    path.with_suffix(".meta.json").write_text(json.dumps({"aux_layers": AUX}))
+    append_records(path, "aux.safetensors", records, rows)
+
+
+@pytest.fixture(scope="module")
+def distilled_aux(distilled, tmp_path_factory):
+    tiny, model, root, seqs = distilled
+    aux_root = tmp_path_factory.mktemp("distill-aux")
+    make_distill_aux(model, aux_root / "train.jsonl", seqs)
+    eval_seqs = [ids for _, ids, _ in records_with_hidden(root / "eval.jsonl")]
+    make_distill_aux(model, aux_root / "eval.jsonl", [t.tolist() for t in eval_seqs])
+    return tiny, model, aux_root, seqs
+
+
+EAGLE3 = ("--head", "eagle3", "--micro-batch", "4", "--lr", "3e-3", "--eval-depth", "3", "--eval-positions", "64",
+          "--draft-vocab", "300", "--rollout-steps", "3")
+
+
+def test_eagle3_loss_falls_eval_reports_every_depth_and_decoding_is_lossless(distilled_aux, tmp_path):
+    tiny, model, root, seqs = distilled_aux
+    out = train_heads.main(args_for(tiny, root, tmp_path / "run", *EAGLE3, "--epochs", "6"))
+    first, last = (torch.tensor(out["losses"][s]).mean(0) for s in (slice(0, 3), slice(-3, None)))
+    assert len(first) == 3 and (last < 0.8 * first).all(), (first, last)  # every training-time-test step
+    acc = out["eval"]
+    assert len(acc["top1"]) == 3 and acc["positions"] == 64 and acc["chain_tau"] >= 1
+    draft, meta = load_eagle(tmp_path / "run" / "eagle3", model)
+    assert isinstance(draft, Eagle3Draft) and draft.config.aux_layers == AUX and len(draft.vocab_ids) == 300
+    assert meta["eval"]["rank_accuracy"] == acc["rank_accuracy"]
+    drafter = eagle3(model, tmp_path / "run" / "eagle3", verify_cost={}, lookup=True)
+    for ids in seqs[:3]:
+        prompt = ids[: len(ids) - 48]
+        assert decode(model, prompt, drafter, max_new_tokens=48).tokens == tiny.greedy(prompt, 48)
+
+
+def test_eagle3_resume_after_a_kill_gives_the_same_draft(distilled_aux, tmp_path):
+    tiny, model, root, _ = distilled_aux
+    run = lambda out, *x: train_heads.main(args_for(tiny, root, tmp_path / out, *EAGLE3, "--epochs", "1", *x))  # noqa: E731
+    whole = run("whole")
+    assert run("cut", "--max-steps", "3")["step"] == 3
+    rest = run("cut")
+    assert rest["step"] == whole["step"]
+    assert torch.allclose(torch.tensor(rest["losses"]), torch.tensor(whole["losses"][3:]), rtol=1e-4)
+    a, _ = load_eagle(tmp_path / "whole" / "eagle3", model)
+    b, _ = load_eagle(tmp_path / "cut" / "eagle3", model)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(x.float(), y.float(), atol=1e-5), name
+
+
+def test_eagle3_needs_the_fused_layers_in_its_data(distilled, tmp_path):
+    tiny, _, root, _ = distilled
+    with pytest.raises(ValueError, match="aux-layer"):
+        train_heads.main(args_for(tiny, root, tmp_path / "run", *EAGLE3, "--epochs", "1"))

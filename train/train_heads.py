@@ -341,50 +341,64 @@ def main(argv: list[str] | None = None) -> dict:
     started, history = time.perf_counter(), []
     stop_at = total if args.max_steps is None else min(total, step + args.max_steps)
     task.module.train()
-    while step < stop_at:
-        epoch, within = divmod(step, steps_per_epoch)
-        order = torch.randperm(task.size, generator=torch.Generator().manual_seed(args.seed + epoch))
-        batch = order[within * per_step : (within + 1) * per_step].view(args.grad_accum, world, args.micro_batch)[:, rank]
-        losses = torch.zeros(len(task.weights), device=device)
-        torch.manual_seed(args.seed * 1_000_003 + step)  # per-step randomness (EAGLE's noise): a resumed run repeats it
-        for micro in batch:
-            with autocast:
-                parts = task.losses(trainable, micro)
-            ((parts * task.weights).sum() / args.grad_accum).backward()
-            losses += parts.detach() / args.grad_accum
-        if args.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(task.module.parameters(), args.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        if timed and step == TIMING_START:
-            timing_from = time.perf_counter()
-        if timed and step == TIMING_START + TIMING_STEPS:  # first steps warm caches up: time the ones after them
-            timed = False
-            now = time.perf_counter()
-            fitted = fitted_total(step, total, (now - timing_from) / TIMING_STEPS, args.minutes * 60 - (now - started))
-            if world > 1:  # every rank must stop at the same step
-                fitted_t = torch.tensor([fitted], device=device)
-                dist.all_reduce(fitted_t, op=dist.ReduceOp.MIN)
-                fitted = int(fitted_t)
-            if fitted < total:
-                total, stop_at = fitted, min(stop_at, fitted)
-                sched = cosine_schedule(opt, args.warmup, total, step)
-                bar.total = total
-                bar.write(f"--minutes {args.minutes:g}: {total} steps in all")
-        history.append(losses.tolist())
-        bar.update(1)
-        bar.set_postfix(loss=" ".join(f"{x:.2f}" for x in losses.tolist()))
-        if step % args.save_every == 0 or step == total:
-            if main_rank:
-                save_checkpoint(ckpt, task.module, opt, sched, step, total)
-            if world > 1:
-                dist.barrier()
-        if has_eval and main_rank and (step % args.eval_every == 0 or step == total):
-            bar.write(f"step {step}: " + describe(task.evaluate()))
+    interrupted = False
+    try:
+        while step < stop_at:
+            epoch, within = divmod(step, steps_per_epoch)
+            order = torch.randperm(task.size, generator=torch.Generator().manual_seed(args.seed + epoch))
+            batch = order[within * per_step : (within + 1) * per_step]
+            batch = batch.view(args.grad_accum, world, args.micro_batch)[:, rank]
+            losses = torch.zeros(len(task.weights), device=device)
+            torch.manual_seed(args.seed * 1_000_003 + step)  # per-step randomness (EAGLE's noise): a resumed run repeats it
+            for micro in batch:
+                with autocast:
+                    parts = task.losses(trainable, micro)
+                ((parts * task.weights).sum() / args.grad_accum).backward()
+                losses += parts.detach() / args.grad_accum
+            if args.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(task.module.parameters(), args.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            if timed and step == TIMING_START:
+                timing_from = time.perf_counter()
+            if timed and step == TIMING_START + TIMING_STEPS:  # first steps warm caches up: time the ones after them
+                timed = False
+                now = time.perf_counter()
+                fitted = fitted_total(step, total, (now - timing_from) / TIMING_STEPS, args.minutes * 60 - (now - started))
+                if world > 1:  # every rank must stop at the same step
+                    fitted_t = torch.tensor([fitted], device=device)
+                    dist.all_reduce(fitted_t, op=dist.ReduceOp.MIN)
+                    fitted = int(fitted_t)
+                if fitted < total:
+                    total, stop_at = fitted, min(stop_at, fitted)
+                    sched = cosine_schedule(opt, args.warmup, total, step)
+                    bar.total = total
+                    bar.write(f"--minutes {args.minutes:g}: {total} steps in all")
+            history.append(losses.tolist())
+            bar.update(1)
+            bar.set_postfix(loss=" ".join(f"{x:.2f}" for x in losses.tolist()))
+            if step % args.save_every == 0 or step == total:
+                if main_rank:
+                    save_checkpoint(ckpt, task.module, opt, sched, step, total)
+                if world > 1:
+                    dist.barrier()
+            if has_eval and main_rank and (step % args.eval_every == 0 or step == total):
+                bar.write(f"step {step}: " + describe(task.evaluate()))
+    except KeyboardInterrupt:  # Ctrl-C: keep what the finished steps learned
+        interrupted = True
     bar.close()
     summary = {"step": step, "total_steps": total, "losses": history}
+    if step < total and main_rank:  # stopped early (--max-steps, Ctrl-C): a checkpoint and usable weights
+        if step % args.save_every:
+            save_checkpoint(ckpt, task.module, opt, sched, step, total)
+        out = task.save(args.out / ("heads" if args.head == "medusa" else args.head),
+                        {"train": {"steps": step, "of_steps": total, "complete": False}})
+        print(f"stopped at step {step} of {total}: checkpoint {ckpt}, weights so far {out}; run the same command "
+              "again to resume", flush=True)
+    if interrupted:
+        raise SystemExit(130)
     if main_rank and step == total:
         extra = {"train": {"command": shlex.join(["train/train_heads.py", *(sys.argv[1:] if argv is None else argv)]),
                            "steps": total, "items": task.size, "processes": world,
