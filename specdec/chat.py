@@ -1,6 +1,7 @@
 """Chat formatting: the tokenizer's own template, or Vicuna's conversation format via fschat."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 CHAT_FORMATS = ("template", "vicuna", "raw")
@@ -10,7 +11,11 @@ def detect_chat_format(tokenizer, path: Path) -> str:
     """vicuna for Vicuna checkpoints (they ship no template), else the tokenizer's template, else raw text."""
     if "vicuna" in str(path).lower():
         return "vicuna"
-    return "template" if getattr(tokenizer, "chat_template", None) else "raw"
+    if getattr(tokenizer, "chat_template", None):
+        return "template"
+    warnings.warn(f"the tokenizer at {path} has no chat template: prompts are fed as raw text (pass chat_format= to "
+                  "choose another format)", stacklevel=2)
+    return "raw"
 
 
 def format_chat(tokenizer, messages: list[dict[str, str]] | str, chat_format: str = "template") -> list[int]:

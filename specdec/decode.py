@@ -80,6 +80,9 @@ def decode(
             f"the prompt has {len(prompt)} tokens but the context holds {model.max_seq_len}: "
             "shorten it or load the model with a larger max_seq_len"
         )
+    if min(prompt) < 0 or max(prompt) >= model.args.vocab_size:
+        bad = next(t for t in prompt if not 0 <= t < model.args.vocab_size)
+        raise ValueError(f"prompt token id {bad} is outside the vocabulary (0..{model.args.vocab_size - 1})")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     device = model.tok_embeddings.weight.device

@@ -146,6 +146,11 @@ def load_official_medusa(path: Path, model: Transformer) -> MedusaHeads:
     if tuple(head_w.shape) != (model.args.vocab_size, model.args.dim):
         raise ValueError(f"Medusa heads at {path} project {head_w.shape[1]} -> {head_w.shape[0]}, but this backbone "
                          f"has dim {model.args.dim} and vocab {model.args.vocab_size}: they belong to another backbone")
+    missing = [k for i in range(n_heads) for k in [f"{i}.{j}.linear.{p}" for j in range(n_layers)
+                                                    for p in ("weight", "bias")] + [f"{i}.{n_layers}.weight"] if k not in state]
+    if missing:
+        raise ValueError(f"{path}: config.json claims {n_heads} heads of {n_layers} blocks but the weights lack "
+                         f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
     heads = MedusaHeads(MedusaConfig(model.args.dim, model.args.vocab_size, n_heads, n_layers, own_lm_head=True))
     ours = {}
     for i in range(n_heads):
@@ -153,7 +158,10 @@ def load_official_medusa(path: Path, model: Transformer) -> MedusaHeads:
             for p in ("weight", "bias"):
                 ours[f"heads.{i}.blocks.{j}.linear.{p}"] = state[f"{i}.{j}.linear.{p}"]
         ours[f"heads.{i}.lm_head.weight"] = state[f"{i}.{n_layers}.weight"]
-    heads.load_state_dict({**ours, "vocab_ids": heads.vocab_ids})
+    try:
+        heads.load_state_dict({**ours, "vocab_ids": heads.vocab_ids})
+    except RuntimeError as e:
+        raise ValueError(f"Medusa heads at {path} do not fit this backbone (dim {model.args.dim}): {e}") from e
     return heads
 
 

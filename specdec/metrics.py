@@ -1,9 +1,10 @@
-"""Benchmark bookkeeping: per-turn records, their aggregation (tok/s, speedup, tau, identity), and JSON/Markdown/PNG."""
+"""Benchmark bookkeeping: per-turn records, their aggregation (tok/s, speedup, tau, identity), JSON/Markdown/PNG/SVG."""
 from __future__ import annotations
 
 import json
 import re
 import resource
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,8 +98,9 @@ def divergences(records: list[TurnRecord], reference: list[TurnRecord], gaps: li
 
 def summarize(records: list[TurnRecord], baseline: str = "hf", reference: str = "vanilla",
               identity: bool = True) -> dict[str, dict]:
-    """Per-method results: tok/s, speedup vs baseline, tau, identity vs reference (reference vs baseline), peak memory.
-    identity=False (sampled outputs, where token identity means nothing): "identical" is "n/a"."""
+    """Per-method results: tok/s, speedup vs baseline, tau, identity vs reference (reference vs baseline), peak memory,
+    speedup per category and per question. identity=False (sampled outputs, where token identity means nothing):
+    "identical" is "n/a"."""
     by_method: dict[str, list[TurnRecord]] = defaultdict(list)
     for r in records:
         by_method[r.method].append(r)
@@ -116,8 +118,20 @@ def summarize(records: list[TurnRecord], baseline: str = "hf", reference: str = 
             "divergences": divs or [],
             "peak_mem_mb": max(r.peak_mem_mb for r in recs),
             "per_category": per_category(recs, base),
+            "per_question_speedup": per_question_speedup(recs, base),
         }
     return out
+
+
+def per_question_speedup(records: list[TurnRecord], base: list[TurnRecord]) -> list[dict]:
+    """Each question's speedup (its turns' tok/s over the baseline's on the same question), with its category, in the
+    order the questions ran: the spread behind the overall speedup."""
+    questions: dict[int, list[TurnRecord]] = defaultdict(list)
+    for r in records:
+        questions[r.question_id].append(r)
+    return [{"question_id": q, "category": rs[0].category,
+             "speedup": tokens_per_s(rs) / tokens_per_s([b for b in base if b.question_id == q])}
+            for q, rs in questions.items()]
 
 
 def per_category(records: list[TurnRecord], base: list[TurnRecord]) -> dict[str, dict]:
@@ -133,22 +147,85 @@ def _num(x: float | None, fmt: str) -> str:
     return "—" if x is None else format(x, fmt)
 
 
+IDENTITY_NOTE = (
+    "*identical*: the greedy output ids, token for token. vanilla (our plain decoding) is compared with transformers "
+    "`generate` (hf), every other method with vanilla; a question's later turns are not compared after it diverged. "
+    "no (n q, top-2 gap ≤ g): n questions diverged, and g is the largest gap between vanilla's top two logits at "
+    "those divergences (gap unknown: the divergence lies past the end of vanilla's answer). In fp32 no divergence is "
+    "allowed; in bf16/fp16 the project's rule (README, lossless) allows one at a near-tie (a small top-2 gap), where "
+    "a k-token verify rounds differently from one-token steps. n/a (sampled): temperature > 0, where identity means "
+    "nothing.")
+PROMPT_SETS = {"mtbench": "MT-Bench questions", "copy": "copy-heavy prompts"}
+
+
 def _identity(m: dict) -> str:
     if m["identical"] is None:
         return "—"
     if m["identical"] == "n/a":
         return "n/a (sampled)"
-    return "yes" if m["identical"] else f"no ({len(m['divergences'])} q)"
+    if m["identical"]:
+        return "yes"
+    divs = m["divergences"]
+    gaps = [d["top2_gap"] for d in divs if d["top2_gap"] is not None]
+    parts = [f"{len(divs)} q"] + ([f"top-2 gap ≤ {max(gaps):.3g}"] if gaps else [])
+    if len(gaps) < len(divs):
+        parts.append(f"{len(divs) - len(gaps)} gap unknown")
+    return f"no ({', '.join(parts)})"
 
 
-def markdown(methods: dict[str, dict]) -> str:
-    """The summary table, then per-category speedup / tau."""
-    lines = ["| method | tok/s | speedup | tau | identical | peak MB |", "|---|---:|---:|---:|---|---:|"]
+def _prompt_set(config: dict) -> str:
+    flags = config["flags"]
+    skipped = f" (after the stratified order's first {flags['skip_questions']})" if flags["skip_questions"] else ""
+    return f"{len(config['question_ids'])} {PROMPT_SETS[flags['prompts']]}{skipped}"
+
+
+def _machine(config: dict) -> str:
+    m = config["machine"]
+    return m["cpu"] + (f", {m['gpu']}" if "gpu" in m else "")
+
+
+def _decoding(flags: dict) -> str:
+    if flags["temperature"] == 0:
+        return "greedy"
+    typical = ", Medusa typical acceptance (LOSSY)" if flags["lossy_typical_acceptance"] else ""
+    return (f"sampling: temperature {flags['temperature']}, top-p {flags['top_p']}, top-k {flags['top_k']}, "
+            f"seed {flags['seed']}{typical}")
+
+
+def _drafter_settings(flags: dict) -> str:
+    items = [f"weights {m}={w}" for m, w in flags["weights"].items()]
+    items += [f"tree {flags['tree']}"] if flags["tree"] is not None else []
+    items += [f"{k}={v!r}" for k, v in flags["drafter_option"].items()]
+    return ", ".join(items or ["defaults"]) + f"; verify forward {flags['verify']}"
+
+
+def caption(config: dict) -> str:
+    """One line with every setting of the run and the machine, so the table can be read (and rerun) on its own."""
+    flags, m = config["flags"], config["machine"]
+    quantized = f" ({flags['quantize']} for our methods)" if flags["quantize"] else ""
+    return (f"Settings: backbone `{Path(config['backbone_path']).name}`{quantized}, {config['dtype']} on "
+            f"{config['device']}; {_prompt_set(config)}, {flags['turns']} turn(s), up to {flags['max_new_tokens']} new "
+            f"tokens; {_decoding(flags)}; drafters: {_drafter_settings(flags)}; machine: {_machine(config)}, "
+            f"{m['threads']} torch thread(s), torch {m['torch']}.")
+
+
+def plot_title(config: dict) -> str:
+    """The settings a figure needs to be read on its own: backbone, dtype, prompts, tokens, machine."""
+    return (f"Speedup vs transformers generate: {Path(config['backbone_path']).name}, {config['dtype']}, "
+            f"{_prompt_set(config)}, {config['flags']['max_new_tokens']} new tokens\n{_machine(config)}, "
+            f"{config['machine']['threads']} thread(s); error bars: ±1 std over questions")
+
+
+def markdown(methods: dict[str, dict], config: dict | None = None) -> str:
+    """The settings caption (given mtbench_speedup's config), the summary table with its identity note, then
+    per-category speedup / tau."""
+    lines = [caption(config), ""] if config else []
+    lines += ["| method | tok/s | speedup | tau | identical |", "|---|---:|---:|---:|---|"]
     for name, m in methods.items():
         lines.append(f"| {name} | {m['tokens_per_s']:.1f} | {m['speedup']:.2f}x | {_num(m['tau'], '.2f')} | "
-                     f"{_identity(m)} | {m['peak_mem_mb']:.0f} |")
+                     f"{_identity(m)} |")
     cats = list(next(iter(methods.values()))["per_category"])
-    lines += ["", "Per category: speedup / tau", "", "| category | " + " | ".join(methods) + " |",
+    lines += ["", IDENTITY_NOTE, "", "Per category: speedup / tau", "", "| category | " + " | ".join(methods) + " |",
               "|---|" + "---:|" * len(methods)]
     for c in cats:
         cells = [f"{m['per_category'][c]['speedup']:.2f}x / {_num(m['per_category'][c]['tau'], '.2f')}"
@@ -157,8 +234,15 @@ def markdown(methods: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_speedups(methods: dict[str, dict], path: Path) -> None:
-    """Grouped bars: speedup per category (and overall) for each method."""
+def _spread(per_question: list[dict], category: str | None = None) -> float:
+    """Standard deviation of the per-question speedups (of one category, or all); 0 for a single question."""
+    values = [q["speedup"] for q in per_question if category in (None, q["category"])]
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def plot_speedups(methods: dict[str, dict], paths: list[Path], config: dict | None = None) -> None:
+    """Grouped bars: speedup per category (and overall) for each method, its value on the bar and the spread over
+    questions as error bars; saved to each path (format by suffix), titled with the settings when config is given."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display on benchmark machines
@@ -166,25 +250,33 @@ def plot_speedups(methods: dict[str, dict], path: Path) -> None:
 
     cats = ["overall"] + list(next(iter(methods.values()))["per_category"])
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(cats)), 4.0))
+    fig, ax = plt.subplots(figsize=(max(6.0, len(cats) * (0.3 + 0.12 * len(methods))), 4.5))
     for i, (name, m) in enumerate(methods.items()):
         values = [m["speedup"]] + [m["per_category"][c]["speedup"] for c in cats[1:]]
-        ax.bar([x + (i - (len(methods) - 1) / 2) * width for x in range(len(cats))], values, width, label=name)
+        errors = [_spread(m["per_question_speedup"])] + [_spread(m["per_question_speedup"], c) for c in cats[1:]]
+        bars = ax.bar([x + (i - (len(methods) - 1) / 2) * width for x in range(len(cats))], values, width, label=name,
+                      yerr=errors, capsize=1.5, error_kw={"linewidth": 0.6})
+        # inside the bar: above it the error bar would cover the number
+        ax.bar_label(bars, fmt="%.2f", label_type="center", rotation=90, fontsize=5)
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right")
     ax.set_ylabel("speedup vs hf generate")
+    if config:
+        ax.set_title(plot_title(config), fontsize="small")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    for path in paths:
+        fig.savefig(path, dpi=300)
     plt.close(fig)
 
 
-def write_results(out_dir: str | Path, config: dict, methods: dict[str, dict], stem: str = "mtbench_speedup") -> list[Path]:
-    """Write STEM.json ({"config", "methods"}), STEM.md and STEM.png into out_dir."""
+def write_results(out_dir: str | Path, config: dict, methods: dict[str, dict],
+                  stem: str = "mtbench_speedup") -> list[Path]:
+    """Write STEM.json ({"config", "methods"}), STEM.md, STEM.png (300 dpi) and STEM.svg into out_dir; their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"]
+    paths = [out / f"{stem}.{ext}" for ext in ("json", "md", "png", "svg")]
     paths[0].write_text(json.dumps({"config": config, "methods": methods}, indent=2, default=str) + "\n")
-    paths[1].write_text(markdown(methods))
-    plot_speedups(methods, paths[2])
+    paths[1].write_text(markdown(methods, config))
+    plot_speedups(methods, paths[2:], config)
     return paths

@@ -78,8 +78,9 @@ def rope_inv_freq(args: ModelArgs) -> tuple[Tensor, float]:
         base = params["rope_theta"]
         dims = torch.arange(0, args.head_dim, 2, dtype=torch.int64).float()
         return 1.0 / (base ** (dims / args.head_dim)), 1.0
-    if rope_type == "dynamic":
-        raise ValueError("dynamic NTK rope scaling is not supported: its frequencies change with sequence length")
+    if rope_type in ("dynamic", "longrope"):
+        raise ValueError(f"{rope_type} rope scaling is not supported: its frequencies change with the sequence length "
+                         "(past original_max_position_embeddings), which one static rope table cannot express")
     return ROPE_INIT_FUNCTIONS[rope_type](hf, "cpu")
 
 

@@ -11,6 +11,8 @@ sample of plain sampling's distribution.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -34,7 +36,7 @@ class SamplingConfig:
     posterior_alpha: float = 0.3  # Medusa's alpha (sqrt of epsilon by default there)
 
     def __post_init__(self):
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+        if not (math.isfinite(self.temperature) and self.temperature >= 0) or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError(f"need temperature >= 0, 0 < top_p <= 1 and top_k >= 0, got {self}")
 
     @property

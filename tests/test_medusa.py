@@ -127,8 +127,11 @@ def test_corrupt_checkpoints_fail_clearly(runners, tmp_path):
     (path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_medusa(path, model)
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         load_medusa(tmp_path / "nothing", model)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_medusa(tmp_path / "empty", model)
 
 
 def official_state(model, n_heads: int, n_layers: int, seed: int = 0) -> dict[str, torch.Tensor]:

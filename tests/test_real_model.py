@@ -151,3 +151,19 @@ def test_gen_distill_sampled_answers_record_the_backbones_greedy_targets(tmp_pat
     assert all((tmp_path / "greedy.features" / name).read_bytes() == data for name, data in shards.items())
     assert len(list((tmp_path / "greedy.features").iterdir())) == len(shards) + 1
     assert len(list(records_with_hidden(tmp_path / "greedy.jsonl"))) == 3
+
+
+def test_gen_distill_keeps_the_features_eagle3_reads_when_decoding(smol, tmp_path):
+    """The cached aux-layer states (transformers' hidden_states[i], the input of layer i) are the runner's outputs
+    of layer i - 1, which EAGLE-3 drafting requests: a draft trains on the features it decodes with."""
+    gen = load_script(ROOT / "train" / "gen_distill.py")
+    gen.main(["--out", str(tmp_path / "d.jsonl"), "--num-prompts", "2", "--batch-size", "2", "--max-new-tokens", "6",
+              "--dtype", "fp32", "--device", "cpu"])
+    layers = json.loads((tmp_path / "d.meta.json").read_text())["aux_layers"]
+    assert layers == [2, 15, 27]  # EAGLE-3's low / middle / high for SmolLM2's 30 layers
+    for rec, ids, final, aux in records_with_hidden(tmp_path / "d.jsonl", aux=True):
+        smol.model.reset()
+        out = smol.model.forward(ids[:-1], hidden_layers=tuple(i - 1 for i in layers))
+        fused = torch.cat([out.layers[i - 1] for i in layers], dim=-1)
+        torch.testing.assert_close(aux.float(), fused, rtol=2e-3, atol=2e-2)
+        torch.testing.assert_close(final.float(), out.hidden, rtol=2e-3, atol=2e-3)
