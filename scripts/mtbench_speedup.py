@@ -3,7 +3,8 @@
 All methods run in one process, interleaved question by question, batch 1, same dtype; greedy by default.
 With --temperature > 0 every method samples (hf: generate(do_sample=True), same temperature/top-p/top-k) and
 identity is n/a; --lossy-typical-acceptance switches the drafters to Medusa's typical acceptance (rows say LOSSY).
-    python scripts/mtbench_speedup.py --questions 8 --max-new-tokens 64 --out /tmp/mtb
+    python scripts/mtbench_speedup.py --questions 8 --max-new-tokens 64          # into results/tmp/mtbench
+    python scripts/mtbench_speedup.py --methods medusa,eagle2 --weights medusa=runs/x/heads,eagle2=eagle
 """
 from __future__ import annotations
 
@@ -31,10 +32,12 @@ from specdec.verify_step import MODES as VERIFY_MODES, VerifyStep
 
 BASELINE, REFERENCE = "hf", "vanilla"
 HF_METHODS = {"hf": None, "hf-pld": 10}  # name -> transformers prompt_lookup_num_tokens
-DEFAULT_METHODS = "hf,hf-pld,vanilla,ngram,eagle2,eagle2+lookup"
+DEFAULT_METHODS = "hf,hf-pld,vanilla,ngram,eagle2,eagle2+lookup,eagle3,eagle3+lookup"
 DEFAULT_QUESTIONS = 16
 WARMUP_TOKENS = 8
-OWN_FLAGS = {"model": "--backbone", "heads": "--heads", "draft": "--heads", "tree": "--tree"}  # not --drafter-option
+# drafter keywords with a flag of their own, refused by --drafter-option
+OWN_FLAGS = {"model": "--backbone", "heads": "--weights", "draft": "--weights", "tree": "--tree"}
+WEIGHT_PARAMS = ("heads", "draft")  # the drafter factories' weights parameter: Medusa heads, an EAGLE draft
 
 
 @dataclass
@@ -54,15 +57,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags, with --methods resolved to a list."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default=None, help="local Hugging Face directory (default: embedded SmolLM2-135M)")
-    p.add_argument("--heads", default=None, help="trained draft heads, for drafters that take them")
-    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list; hf and vanilla are always added (default {DEFAULT_METHODS})")
-    p.add_argument("--prompts", choices=("mtbench", "copy"), default="mtbench", help="MT-Bench, or built-in copy-heavy prompts")
-    p.add_argument("--questions", type=int, default=None, help=f"stratified subset size (default {DEFAULT_QUESTIONS}, or all if fewer)")
+    p.add_argument("--weights", action="append", default=[], metavar="METHOD=PATH_OR_SHIPPED_NAME[,...]",
+                   help="weights for a method among --methods that takes them (Medusa heads, an EAGLE draft): a "
+                        "directory or a shipped name (medusa, medusa-trigram, eagle, eagle3); repeatable")
+    p.add_argument("--methods", default=DEFAULT_METHODS,
+                   help=f"comma list; hf and vanilla are always added (default {DEFAULT_METHODS})")
+    p.add_argument("--prompts", choices=("mtbench", "copy"), default="mtbench",
+                   help="MT-Bench, or built-in copy-heavy prompts")
+    p.add_argument("--questions", type=int, default=None,
+                   help=f"stratified subset size (default {DEFAULT_QUESTIONS}, or all if fewer)")
     p.add_argument("--all", action="store_true", help="every question")
     p.add_argument("--skip-questions", type=int, default=0,
                    help="pass over the stratified order's first N questions (--questions 8 --skip-questions 16: the "
                         "8 held-aside ones after the 16 reported, for tuning)")
-    p.add_argument("--turns", type=int, choices=(1, 2), default=1, help="2 adds second turns after the method's own first answer")
+    p.add_argument("--turns", type=int, choices=(1, 2), default=1,
+                   help="2 adds second turns after the method's own first answer")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sampling")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
@@ -75,13 +84,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "verify_cost={} (no cost cut); repeatable")
     p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
     p.add_argument("--quantize", choices=("int8", "bnb-int8"), default=None,
-                   help="int8 backbone for our methods (weight-only, or bitsandbytes LLM.int8); hf stays float in --dtype")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+                   help="int8 backbone for our methods (weight-only, or bitsandbytes LLM.int8); "
+                        "hf stays float in --dtype")
+    p.add_argument("--threads", type=int, default=default_threads(),
+                   help="torch threads (default: $OMP_NUM_THREADS when set, else every core this process may use)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--verify", choices=("auto",) + VERIFY_MODES, default="auto",
                    help="our methods' verify forward (auto: eager on CPU, CUDA graphs on GPU)")
     p.add_argument("--seed", type=int, default=0, help="torch seed (hf sampling) and our samplers' seed")
-    p.add_argument("--out", default="results/mtbench", help="output directory")
+    p.add_argument("--out", default="results/tmp/mtbench",
+                   help="output directory (default git-ignored: a quick run never overwrites reference results)")
     args = p.parse_args(argv)
     try:
         sampling_config(args)
@@ -93,11 +105,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--max-new-tokens must be at least 1")
     if args.questions is not None and args.questions < 1:
         p.error("--questions must be at least 1")
+    if args.threads < 1:
+        p.error("--threads must be at least 1")
     if args.skip_questions < 0 or (args.skip_questions and args.all):
         p.error("--skip-questions must be at least 0, and does not go with --all")
     try:
         args.methods = resolve_methods(args.methods)
         args.drafter_option = parse_drafter_options(args.drafter_option, args.methods)
+        args.weights = parse_weights(args.weights, args.methods)
     except ValueError as e:
         p.error(str(e))
     return args
@@ -122,6 +137,39 @@ def parse_drafter_options(items: list[str], methods: list[str]) -> dict:
         if not any(key in params for params in takers):
             raise ValueError(f"--drafter-option {key}: none of the drafters {', '.join(methods)} takes it")
     return options
+
+
+def default_threads() -> int:
+    """--threads' default: OMP_NUM_THREADS when set (how a shared machine is usually told), else every core this
+    process may run on."""
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP allows a nested list: "4,2"
+    return int(env) if env.isdigit() and int(env) > 0 else len(os.sched_getaffinity(0))
+
+
+def takes_weights(method: str) -> bool:
+    """Whether a method's drafter loads weights (Medusa heads or an EAGLE draft)."""
+    if method in HF_METHODS:
+        return False
+    return any(p in WEIGHT_PARAMS for p in inspect.signature(drafter_factory(method)).parameters)
+
+
+def parse_weights(items: list[str], methods: list[str]) -> dict[str, str]:
+    """--weights values (comma lists of METHOD=PATH_OR_SHIPPED_NAME) as {method: weights}. A method not among
+    `methods`, one that takes no weights, or one given twice is an error, not a silent no-op."""
+    weights: dict[str, str] = {}
+    for item in (i.strip() for value in items for i in value.split(",") if i.strip()):
+        method, sep, spec = (part.strip() for part in item.partition("="))
+        if not sep or not method or not spec:
+            raise ValueError(f"--weights {item!r}: expected METHOD=PATH_OR_SHIPPED_NAME")
+        if method not in methods:
+            raise ValueError(f"--weights {method}: not among the methods ({', '.join(methods)})")
+        if not takes_weights(method):
+            raise ValueError(f"--weights {method}: it takes no weights; ones that do: "
+                             f"{', '.join(m for m in available_methods() if takes_weights(m))}")
+        if method in weights:
+            raise ValueError(f"--weights {method}: given twice")
+        weights[method] = spec
+    return weights
 
 
 def available_methods() -> list[str]:
@@ -160,17 +208,18 @@ def method_label(name: str, args: argparse.Namespace) -> str:
 
 
 def drafter_options(name: str, args: argparse.Namespace, backbone: specdec.Backbone) -> dict:
-    """The backbone model, --heads (Medusa heads or an EAGLE draft), --tree and --drafter-option for the drafters
-    that take them."""
+    """The backbone model, the method's --weights (Medusa heads or an EAGLE draft), --tree and --drafter-option for
+    the drafters that take them."""
     params = inspect.signature(drafter_factory(name)).parameters
-    given = {"model": backbone.model, "heads": args.heads, "draft": args.heads, "tree": args.tree,
+    given = {"model": backbone.model, **{p: args.weights.get(name) for p in WEIGHT_PARAMS}, "tree": args.tree,
              **args.drafter_option}
     return {k: v for k, v in given.items() if v is not None and k in params}
 
 
 def hf_generate(model: torch.nn.Module, stop_ids: list[int], prompt_lookup: int | None,
                 sampling: SamplingConfig) -> Generate:
-    """transformers `generate`, greedy or sampling as `sampling` says; with prompt_lookup, its prompt-lookup decoding."""
+    """transformers `generate`, greedy or sampling as `sampling` says; with prompt_lookup, its prompt-lookup
+    decoding."""
     from transformers import GenerationConfig
 
     device = next(model.parameters()).device
@@ -221,7 +270,8 @@ def build_methods(names: list[str], backbone: specdec.Backbone, args: argparse.N
             if n in HF_METHODS else specdec_generate(backbone, n, args, step) for n in names}
 
 
-def timed(generate: Generate, ids: list[int], max_new_tokens: int, device: torch.device) -> tuple[Generation, float, float]:
+def timed(generate: Generate, ids: list[int], max_new_tokens: int,
+          device: torch.device) -> tuple[Generation, float, float]:
     """Run one turn: its generation, wall seconds (prefill included) and peak memory in MiB."""
     reset_peak_memory(device)
     if device.type == "cuda":
@@ -243,7 +293,8 @@ def run_question(name: str, generate: Generate, q: Question, backbone: specdec.B
         gen, wall, mem = timed(generate, backbone.encode_chat(messages), args.max_new_tokens, device)
         records.append(TurnRecord(name, q.question_id, q.category, turn, gen.tokens, wall, gen.steps, gen.accepted,
                                   mem, gen.top2_gaps))
-        messages.append({"role": "assistant", "content": backbone.tokenizer.decode(gen.tokens, skip_special_tokens=True)})
+        answer = backbone.tokenizer.decode(gen.tokens, skip_special_tokens=True)
+        messages.append({"role": "assistant", "content": answer})
     return records
 
 
@@ -252,8 +303,10 @@ def run_all(methods: dict[str, Generate], questions: list[Question], backbone: s
     """Warm every method up, then run them interleaved question by question."""
     device = torch.device(args.device)
     warm_ids = backbone.encode_chat(questions[0].turns[0])
-    for generate in methods.values():
-        generate(warm_ids, WARMUP_TOKENS)
+    with tqdm(methods.items(), unit="method") as warm:  # warm-up takes tens of seconds: say what it is doing
+        for name, generate in warm:
+            warm.set_description(f"warming up {name}")
+            generate(warm_ids, WARMUP_TOKENS)
     records: list[TurnRecord] = []
     with tqdm(total=len(questions) * len(methods), desc="mtbench", unit="run") as bar:
         for q in questions:
@@ -275,22 +328,23 @@ def machine_info(device: torch.device) -> dict:
     except (OSError, StopIteration):
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(), "platform": platform.platform()}
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "platform": platform.platform()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Run the benchmark, write JSON/Markdown/PNG into --out, print the table; returns the JSON object."""
+    """Run the benchmark, write JSON/Markdown/PNG/SVG into --out, print the table; returns the JSON object."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     questions = select_questions(args)
     dtype = resolve_dtype(args.dtype, args.device)
     # prompts (even copy-heavy ones with a follow-up) stay well under 2048 tokens
-    backbone = specdec.load_backbone(args.backbone, dtype, args.device, max_seq_len=2048 + args.turns * args.max_new_tokens,
-                                     quantize=args.quantize)
+    backbone = specdec.load_backbone(args.backbone, dtype, args.device,
+                                     max_seq_len=2048 + args.turns * args.max_new_tokens, quantize=args.quantize)
     step = VerifyStep(backbone.model, args.verify)
     step.warm_up()  # on a GPU: every bucket's graph is captured before any turn is timed
     methods = build_methods(args.methods, backbone, args, step)
@@ -300,11 +354,12 @@ def main(argv: list[str] | None = None) -> dict:
     config = {
         "flags": vars(args), "question_ids": [q.question_id for q in questions],
         "backbone_path": str(backbone.path), "dtype": str(dtype).removeprefix("torch."), "device": args.device,
-        "machine": machine_info(torch.device(args.device)), "peak_mem": PEAK_MEM_MEANING[torch.device(args.device).type],
+        "machine": machine_info(torch.device(args.device)),
+        "peak_mem": PEAK_MEM_MEANING[torch.device(args.device).type],
         "benchmark_wall_s": time.perf_counter() - t0,
     }
     paths = write_results(args.out, config, results)
-    print(markdown(results))
+    print(markdown(results, config))
     print("wrote " + ", ".join(map(str, paths)))
     return {"config": config, "methods": results}
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import resource
 import statistics
@@ -235,9 +236,10 @@ def markdown(methods: dict[str, dict], config: dict | None = None) -> str:
 
 
 def _spread(per_question: list[dict], category: str | None = None) -> float:
-    """Standard deviation of the per-question speedups (of one category, or all); 0 for a single question."""
+    """Standard deviation of the per-question speedups (of one category, or all); NaN (no error bar drawn) for a
+    single question."""
     values = [q["speedup"] for q in per_question if category in (None, q["category"])]
-    return statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 def plot_speedups(methods: dict[str, dict], paths: list[Path], config: dict | None = None) -> None:
@@ -256,14 +258,15 @@ def plot_speedups(methods: dict[str, dict], paths: list[Path], config: dict | No
         errors = [_spread(m["per_question_speedup"])] + [_spread(m["per_question_speedup"], c) for c in cats[1:]]
         bars = ax.bar([x + (i - (len(methods) - 1) / 2) * width for x in range(len(cats))], values, width, label=name,
                       yerr=errors, capsize=1.5, error_kw={"linewidth": 0.6})
-        # inside the bar: above it the error bar would cover the number
-        ax.bar_label(bars, fmt="%.2f", label_type="center", rotation=90, fontsize=5)
+        # inside the bar on a light box: above the bar, or bare, the error bar would cover the number
+        ax.bar_label(bars, fmt="%.2f", label_type="center", rotation=90, fontsize=5, zorder=5,
+                     bbox={"boxstyle": "square,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right")
     ax.set_ylabel("speedup vs hf generate")
     if config:
         ax.set_title(plot_title(config), fontsize="small")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # inside, it covers bars
     fig.tight_layout()
     for path in paths:
         fig.savefig(path, dpi=300)

@@ -44,9 +44,9 @@ def pack(data: SequenceData, index: list[int], device: torch.device, dtype: torc
     for n, i in enumerate(index):
         f, ids, p = data.hidden[i], data.tokens[i], data.prompt_len[i]
         rows = len(ids) - 2  # inputs j = 0 .. T-3
-        feats.append((data.aux[i] if data.aux else f)[:-1])
+        feats.append((data.aux[i] if data.aux else f)[:-1].to(dtype))  # cast first: CPU autocast's cat refuses fp16
         toks.append(ids[1:-1])
-        targets.append(f[1:])
+        targets.append(f[1:].to(dtype))
         best.append((data.best[i] if data.best else ids[1:])[1:])  # data without recorded picks: its own text
         pos.append(torch.arange(rows))
         # h_{j+1} predicts x_{j+2}: an answer token from p - 1 on

@@ -76,9 +76,9 @@ def test_lookup_names_exist_only_for_scoring_drafters(tiny_models):
         assert drafter.name == name and drafter.lookup is not None
         assert make_drafter(name.removesuffix("+lookup"), model=model, **kw).lookup is None
     names = drafter_names()
-    assert {"eagle+lookup", "eagle2+lookup", "medusa+lookup", "medusa-trigram+lookup"} <= set(names)
+    assert {"eagle+lookup", "eagle2+lookup", "eagle3+lookup", "medusa+lookup", "medusa-trigram+lookup"} <= set(names)
     assert "ngram+lookup" not in names and "lookahead+lookup" not in names
     with pytest.raises(ValueError, match="takes no prompt-lookup branch"):
         make_drafter("ngram+lookup")
     with pytest.raises(ValueError, match="unknown; available: .*eagle2\\+lookup"):
-        make_drafter("eagle3+lookup")
+        make_drafter("eagle4+lookup")

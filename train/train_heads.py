@@ -97,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=None,
                    help="time budget of the training steps: after the first steps a fresh run shortens itself (and its "
                         "cosine schedule) to end within it; never longer than --epochs")
+    p.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto",
+                   help="bf16 autocast of the heads' matmuls (weights and optimizer stay fp32); auto: on CUDA and on "
+                        "CPUs with native bf16 (1.5x an EAGLE-3 step on an AVX512-BF16 EPYC), else off")
     p.add_argument("--max-grad-norm", type=float, default=0.0, help="clip gradients to this norm (0: off; EAGLE uses 0.5)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
@@ -336,7 +339,8 @@ def main(argv: list[str] | None = None) -> dict:
     if main_rank:
         print(f"{task.size} {'positions' if args.head == 'medusa' else 'conversations'}, {world} process(es), "
               f"{per_step} per step, {total} steps" + (f", resuming at step {step}" if step else ""), flush=True)
-    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    bf16 = args.autocast == "bf16" or (args.autocast == "auto" and resolve_dtype("auto", device) == torch.bfloat16)
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=bf16)
     bar = tqdm(total=total, initial=step, disable=not main_rank, unit="step")
     started, history = time.perf_counter(), []
     stop_at = total if args.max_steps is None else min(total, step + args.max_steps)
