@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import inspect
 import os
 import platform
 import time
@@ -24,7 +23,8 @@ from tqdm import tqdm
 import specdec
 from specdec.backbone import resolve_dtype
 from specdec.data import Question, copy_prompts, load_mtbench, stratified_subset
-from specdec.drafters import Drafter, drafter_factory, drafter_names, make_drafter
+from specdec.drafters import Drafter, drafter_names, make_drafter
+from specdec.drafters import drafter_options as registry_options
 from specdec.metrics import (PEAK_MEM_MEANING, TurnRecord, markdown, peak_memory_mb, reset_peak_memory, summarize,
                              write_results)
 from specdec.sampling import SamplingConfig
@@ -36,8 +36,7 @@ DEFAULT_METHODS = "hf,hf-pld,vanilla,ngram,eagle2,eagle2+lookup,eagle3,eagle3+lo
 DEFAULT_QUESTIONS = 16
 WARMUP_TOKENS = 8
 # drafter keywords with a flag of their own, refused by --drafter-option
-OWN_FLAGS = {"model": "--backbone", "heads": "--weights", "draft": "--weights", "tree": "--tree"}
-WEIGHT_PARAMS = ("heads", "draft")  # the drafter factories' weights parameter: Medusa heads, an EAGLE draft
+OWN_FLAGS = {"model": "--backbone", "weights": "--weights", "tree": "--tree"}
 
 
 @dataclass
@@ -132,7 +131,7 @@ def parse_drafter_options(items: list[str], methods: list[str]) -> dict:
             options[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             options[key] = value
-    takers = [set(inspect.signature(drafter_factory(m)).parameters) for m in methods if m not in HF_METHODS]
+    takers = [registry_options(m) for m in methods if m not in HF_METHODS]
     for key in options:
         if not any(key in params for params in takers):
             raise ValueError(f"--drafter-option {key}: none of the drafters {', '.join(methods)} takes it")
@@ -148,9 +147,7 @@ def default_threads() -> int:
 
 def takes_weights(method: str) -> bool:
     """Whether a method's drafter loads weights (Medusa heads or an EAGLE draft)."""
-    if method in HF_METHODS:
-        return False
-    return any(p in WEIGHT_PARAMS for p in inspect.signature(drafter_factory(method)).parameters)
+    return method not in HF_METHODS and "weights" in registry_options(method)
 
 
 def parse_weights(items: list[str], methods: list[str]) -> dict[str, str]:
@@ -207,13 +204,12 @@ def method_label(name: str, args: argparse.Namespace) -> str:
     return f"{name} (typical, LOSSY)" if lossy else name
 
 
-def drafter_options(name: str, args: argparse.Namespace, backbone: specdec.Backbone) -> dict:
-    """The backbone model, the method's --weights (Medusa heads or an EAGLE draft), --tree and --drafter-option for
-    the drafters that take them."""
-    params = inspect.signature(drafter_factory(name)).parameters
-    given = {"model": backbone.model, **{p: args.weights.get(name) for p in WEIGHT_PARAMS}, "tree": args.tree,
-             **args.drafter_option}
-    return {k: v for k, v in given.items() if v is not None and k in params}
+def drafter_options(name: str, args: argparse.Namespace) -> dict:
+    """The method's --weights (Medusa heads or an EAGLE draft), --tree and --drafter-option for the drafters that take
+    them."""
+    known = registry_options(name)
+    given = {"weights": args.weights.get(name), "tree": args.tree, **args.drafter_option}
+    return {k: v for k, v in given.items() if v is not None and k in known}
 
 
 def hf_generate(model: torch.nn.Module, stop_ids: list[int], prompt_lookup: int | None,
@@ -243,7 +239,7 @@ def hf_generate(model: torch.nn.Module, stop_ids: list[int], prompt_lookup: int 
 def specdec_generate(backbone: specdec.Backbone, name: str, args: argparse.Namespace,
                      step: VerifyStep | None = None) -> Generate:
     """Our decode loop with a registered drafter; vanilla also records the top-2 logit gaps."""
-    drafter = make_drafter(name, **drafter_options(name, args, backbone))
+    drafter = make_drafter(name, backbone.model, **drafter_options(name, args))
     return drafter_generate(backbone, drafter, sampling_config(args), track_top2_gaps=name == REFERENCE, step=step)
 
 

@@ -63,13 +63,14 @@ def decode(
     drafter: Drafter | None = None,
     max_new_tokens: int = 256,
     stop_ids: Sequence[int] = (),
-    on_tokens: Callable[[list[int]], None] | None = None,
+    on_tokens: Callable[[list[int]], bool | None] | None = None,
     track_top2_gaps: bool = False,
     sampling: SamplingConfig | None = None,
     step: VerifyStep | None = None,
 ) -> DecodeResult:
     """Speculative decoding: greedy (no sampling / temperature 0) is plain greedy token for token, sampling is plain
-    sampling in distribution (unless lossy typical acceptance). Stops at a stop id (kept), max_new_tokens, full context."""
+    sampling in distribution (unless lossy typical acceptance). Stops at a stop id (kept), max_new_tokens, full context,
+    or when on_tokens (called with each step's new tokens) returns True."""
     drafter = drafter or NoDrafter()
     verify = step or model.forward
     prompt = [int(t) for t in prompt_ids]
@@ -101,8 +102,8 @@ def decode(
                 stats.stop_reason = "stop_id" if t in stops else ("max_new_tokens" if budget == max_new_tokens else "context")
                 break
         out_tokens.extend(new)
-        if on_tokens is not None:
-            on_tokens(new)
+        if on_tokens is not None and on_tokens(new) and not stats.stop_reason:
+            stats.stop_reason = "caller"
         return bool(stats.stop_reason)
 
     t0 = time.perf_counter()

@@ -1,17 +1,17 @@
 """Notebook entry points: a backbone plus a drafter, chat in, text out (streamed), statistics attached."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import queue
+import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from specdec.backbone import Backbone, load_backbone
 from specdec.decode import DecodeStats, decode
-from specdec.drafters import (Drafter, EagleDrafter, LookaheadConfig, LookaheadDrafter, MedusaDrafter, NgramConfig,
-                              NgramDrafter, NoDrafter, eagle2)
-from specdec.machine import machine_kind
+from specdec.drafters import Drafter, NoDrafter, make_drafter
 from specdec.sampling import SamplingConfig
 from specdec.verify_step import VerifyStep
 
@@ -26,33 +26,50 @@ class Generation:
 
 
 class TextStream:
-    """Turns token chunks into text chunks, holding back an incomplete multi-byte character until more tokens
-    complete it or `end` flushes it: the chunks join to exactly the decoded reply."""
+    """Turns token chunks into text chunks, holding back an incomplete multi-byte character (and whatever could still
+    become a stop string) until more tokens settle it or `end` flushes it: the chunks join to exactly the reply text.
+    Called with new tokens, it returns True once a stop string appeared (the text then ends before it)."""
 
-    def __init__(self, tokenizer, on_text: Callable[[str], None]):
-        self.tokenizer, self.on_text = tokenizer, on_text
+    def __init__(self, tokenizer, on_text: Callable[[str], None] | None, stop: Sequence[str] = ()):
+        self.tokenizer, self.on_text, self.stop = tokenizer, on_text, tuple(s for s in stop if s)
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
         self.tokens: list[int] = []
+        self.text = ""  # the reply so far, cut before a stop string once one appears
+        self.stopped = False
         self.sent = 0
 
-    def __call__(self, new: list[int]) -> None:
+    def __call__(self, new: list[int]) -> bool:
         self.tokens.extend(new)
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):
-            self._send(text)
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.text, self.stopped = text[:cut], True
+            self._send(len(self.text))
+        elif not text.endswith("\ufffd"):
+            self.text = text
+            self._send(len(text) - self.hold)
+        else:
+            self.text = text
+        return self.stopped
 
     def end(self) -> None:
         """Send whatever was held back: the reply ended, complete or not."""
-        self._send(self.tokenizer.decode(self.tokens, skip_special_tokens=True))
+        if not self.stopped:
+            self.text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        self._send(len(self.text))
 
-    def _send(self, text: str) -> None:
-        if len(text) > self.sent:
-            self.on_text(text[self.sent :])
-            self.sent = len(text)
+    def _send(self, upto: int) -> None:
+        if upto > self.sent and self.on_text is not None:
+            self.on_text(self.text[self.sent : upto])
+        self.sent = max(self.sent, upto)
 
 
 class SpecModel:
     """A backbone with a drafter; `generate` is lossless: greedy output equals plain greedy decoding, sampled output
-    follows plain sampling's distribution (unless lossy_typical_acceptance)."""
+    follows plain sampling's distribution (unless lossy_typical_acceptance). The named subclasses (NgramModel,
+    LookaheadModel, MedusaModel, EagleModel) only pick a default drafter."""
+
+    default_drafter = "vanilla"
 
     def __init__(self, backbone: Backbone, drafter: Drafter | None = None, verify: str = "auto"):
         self.backbone = backbone
@@ -63,24 +80,23 @@ class SpecModel:
     def load(
         cls,
         backbone: str | Path | None = None,
+        drafter: str | None = None,
+        weights: str | Path | None = None,
         dtype: str | torch.dtype = "auto",
         device: str = "cpu",
         max_seq_len: int = 2048,
         quantize: str | None = None,
         verify: str = "auto",
-        **drafter_options,
+        **options,
     ) -> "SpecModel":
-        """Load a backbone (None: the embedded SmolLM2; quantize="int8" or "bnb-int8") and build this class's drafter;
+        """Load a backbone (None: the embedded SmolLM2; quantize="int8" or "bnb-int8") and a drafter by name
+        (specdec.drafters.drafter_names(); default: this class's) with its trained `weights` (a directory or a shipped
+        name) and its own options, the names the benchmark's --drafter-option takes (drafter_options(name)).
         verify: "auto" (eager on CPU, CUDA graphs on GPU) or a VerifyStep mode."""
         loaded = load_backbone(backbone, dtype, device, max_seq_len, quantize=quantize)
-        return cls(loaded, cls.make_drafter(loaded, **drafter_options), verify)
-
-    @classmethod
-    def make_drafter(cls, backbone: Backbone, **options) -> Drafter:
-        """This class's drafter for `backbone`, built from keyword options (plain decoding takes none)."""
-        if options:
-            raise TypeError(f"plain decoding takes no drafter options, got {sorted(options)}")
-        return NoDrafter()
+        if weights is not None:
+            options["weights"] = weights
+        return cls(loaded, make_drafter(drafter or cls.default_drafter, loaded.model, **options), verify)
 
     def generate(
         self,
@@ -92,62 +108,78 @@ class SpecModel:
         top_k: int = 0,
         seed: int | None = None,
         lossy_typical_acceptance: bool = False,
+        stop: Sequence[str] = (),
+        streamer=None,
     ) -> Generation:
-        """Reply to a user message, a chat (list of role/content dicts) or raw token ids; on_text streams text.
-        temperature 0 is greedy; seed makes sampling reproducible; typical acceptance is LOSSY (see SamplingConfig)."""
+        """Reply to a user message, a chat (list of role/content dicts) or raw token ids.
+
+        on_text streams text chunks; streamer is an object in transformers' convention (put(token ids), then end():
+        TextStreamer, TextIteratorStreamer), given the prompt's ids first as transformers' generate does; stop ends
+        the reply at the first of these strings (the text stops before it). temperature 0 is greedy; seed makes
+        sampling reproducible; typical acceptance is LOSSY (see SamplingConfig)."""
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
             ids = prompt
         else:
             ids = self.backbone.encode_chat(prompt)
-        tok = self.backbone.tokenizer
-        stream = TextStream(tok, on_text) if on_text else None
+        stop = (stop,) if isinstance(stop, str) else tuple(stop)
+        stream = TextStream(self.backbone.tokenizer, on_text, stop)
+        if streamer is not None:
+            streamer.put(torch.tensor([ids]))
+
+        def on_tokens(new: list[int]) -> bool:
+            if streamer is not None:
+                streamer.put(torch.tensor(new))
+            return stream(new)
+
         sampling = SamplingConfig(temperature, top_p, top_k, seed, lossy_typical_acceptance)
-        res = decode(self.backbone.model, ids, self.drafter, max_new_tokens, self.backbone.stop_ids, stream,
-                     sampling=sampling, step=self.step)
-        if stream is not None:
-            stream.end()
-        return Generation(tok.decode(res.tokens, skip_special_tokens=True), res.tokens, res.stats)
+        try:
+            res = decode(self.backbone.model, ids, self.drafter, max_new_tokens, self.backbone.stop_ids, on_tokens,
+                         sampling=sampling, step=self.step)
+        finally:
+            if streamer is not None:
+                streamer.end()
+        stream.end()
+        return Generation(stream.text, res.tokens, res.stats)
+
+    def stream(self, prompt: str | list[dict[str, str]] | list[int], **options) -> Iterator[str]:
+        """generate's text chunks as an iterator (generate runs in a background thread); options as generate's."""
+        chunks: queue.Queue = queue.Queue()
+        done = object()
+
+        def run() -> None:
+            try:
+                self.generate(prompt, on_text=chunks.put, **options)
+                chunks.put(done)
+            except BaseException as e:  # re-raised in the caller's thread
+                chunks.put(e)
+
+        threading.Thread(target=run, daemon=True).start()
+        while (item := chunks.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
 
 class NgramModel(SpecModel):
     """Prompt-lookup speculative decoding: no training, best on copy-heavy prompts."""
 
-    @classmethod
-    def make_drafter(cls, backbone: Backbone, **options) -> Drafter:
-        """An n-gram drafter: the backbone device's default NgramConfig, with `options` replacing its fields."""
-        kind = machine_kind(backbone.model.tok_embeddings.weight)
-        return NgramDrafter(replace(NgramConfig.for_machine(kind), **options))
-
-
-class MedusaModel(SpecModel):
-    """Medusa heads over a frozen backbone: `heads` is a directory, "medusa" or "medusa-trigram" (shipped)."""
-
-    @classmethod
-    def make_drafter(cls, backbone: Backbone, heads: str | Path = "medusa", tree: str | int | list = "auto",
-                     lookup: bool | NgramConfig = False) -> Drafter:
-        """Medusa drafter; tree is "auto" (sparse, sized for the device), a node count or a choice list; lookup=True
-        adds a prompt-lookup branch (specdec.drafters.lookup)."""
-        return MedusaDrafter(backbone.model, heads, tree, lookup=lookup)
-
-
-class EagleModel(SpecModel):
-    """EAGLE over a frozen backbone: `draft` is a directory (ours or EAGLE's layout) or "eagle" (shipped);
-    tree="dynamic" is EAGLE-2, "auto", a node count or a choice list a static EAGLE-1 tree."""
-
-    @classmethod
-    def make_drafter(cls, backbone: Backbone, draft: str | Path = "eagle", tree: str | int | list = "dynamic",
-                     **options) -> Drafter:
-        """EAGLE drafter; options: depth, top_k, total_tokens, verify_cost, lookup (see EagleDrafter)."""
-        if tree == "dynamic":
-            return eagle2(backbone.model, draft, **options)
-        return EagleDrafter(backbone.model, draft, tree, **options)
+    default_drafter = "ngram"
 
 
 class LookaheadModel(SpecModel):
     """Lookahead decoding (Jacobi window + n-gram pool): no training, no draft model."""
 
-    @classmethod
-    def make_drafter(cls, backbone: Backbone, **options) -> Drafter:
-        """A lookahead drafter: the backbone device's default LookaheadConfig, with `options` replacing its fields."""
-        kind = machine_kind(backbone.model.tok_embeddings.weight)
-        return LookaheadDrafter(replace(LookaheadConfig.for_machine(kind), **options))
+    default_drafter = "lookahead"
+
+
+class MedusaModel(SpecModel):
+    """Medusa heads over a frozen backbone (weights: a directory, "medusa" or "medusa-trigram", shipped)."""
+
+    default_drafter = "medusa"
+
+
+class EagleModel(SpecModel):
+    """EAGLE over a frozen backbone: EAGLE-2's dynamic trees by default ("eagle" for a static EAGLE-1 tree); weights:
+    a directory (ours or the official layouts, EAGLE or EAGLE-3: the checkpoint says which) or a shipped name."""
+
+    default_drafter = "eagle2"

@@ -219,9 +219,9 @@ def test_official_layout_errors(runners, tmp_path):
 def test_registry_and_tree_specs(runners, tmp_path):
     model = runners["mistral"]
     path = save_eagle(tmp_path / "e", random_draft(model, 3), model)
-    assert make_drafter("eagle2", model=model, draft=str(path)).name == "eagle2"
-    assert make_drafter("eagle2+lookup", model=model, draft=str(path)).lookup is not None
-    static = make_drafter("eagle", model=model, draft=str(path), tree="[[0], [1], [0, 0]]")
+    assert make_drafter("eagle2", model=model, weights=str(path)).name == "eagle2"
+    assert make_drafter("eagle2+lookup", model=model, weights=str(path)).lookup is not None
+    static = make_drafter("eagle", model=model, weights=str(path), tree="[[0], [1], [0, 0]]")
     assert static.choices == [(0,), (1,), (0, 0)] and static.depth == 2
     for bad in ("bushy", 0, "[[1, 0]]"):
         with pytest.raises(ValueError, match="tree spec"):

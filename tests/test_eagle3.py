@@ -202,8 +202,8 @@ def test_official_layout_errors_and_our_round_trip(runners, tmp_path):
         assert torch.equal(loaded.state_dict()[k], v), k
     with pytest.raises(ValueError, match="different backbone"):
         load_eagle(path, other)
-    assert make_drafter("eagle3+lookup", model=model, draft=str(path)).name == "eagle3+lookup"
-    assert make_drafter("eagle2", model=model, draft=str(path)).name == "eagle3"  # the checkpoint says which
+    assert make_drafter("eagle3+lookup", model=model, weights=str(path)).name == "eagle3+lookup"
+    assert make_drafter("eagle2", model=model, weights=str(path)).name == "eagle3"  # the checkpoint says which
 
 
 @pytest.mark.parametrize("steps", [2, 4])

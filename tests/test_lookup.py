@@ -70,8 +70,8 @@ def test_lookup_names_exist_only_for_scoring_drafters(tiny_models):
     model = tiny_models["llama"].load()
     draft = EagleDraft(EagleConfig(model.args.dim, model.args.vocab_size), model.args)
     heads = MedusaHeads(MedusaConfig(model.args.dim, model.args.vocab_size, num_heads=2))
-    for name, kw in (("eagle2+lookup", {"draft": draft}), ("eagle+lookup", {"draft": draft}),
-                     ("medusa+lookup", {"heads": heads}), ("medusa-trigram+lookup", {"heads": heads})):
+    for name, kw in (("eagle2+lookup", {"weights": draft}), ("eagle+lookup", {"weights": draft}),
+                     ("medusa+lookup", {"weights": heads}), ("medusa-trigram+lookup", {"weights": heads})):
         drafter = make_drafter(name, model=model, **kw)
         assert drafter.name == name and drafter.lookup is not None
         assert make_drafter(name.removesuffix("+lookup"), model=model, **kw).lookup is None

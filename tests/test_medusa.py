@@ -241,7 +241,7 @@ def test_tree_specs(runners):
 def test_registry_builds_medusa_from_a_checkpoint(runners, tmp_path):
     model = runners["mistral"]
     path = save_medusa(tmp_path / "h", random_heads(model, 3, [True] * 3), model)
-    drafter = make_drafter("medusa-trigram", model=model, heads=str(path), tree=6)
+    drafter = make_drafter("medusa-trigram", model=model, weights=str(path), tree=6)
     assert drafter.name == "medusa-trigram" and len(drafter.choices) == 6
     with pytest.raises(FileNotFoundError, match="no shipped"):
         make_drafter("medusa", model=model)

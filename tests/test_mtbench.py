@@ -103,13 +103,11 @@ def test_drafter_options_reach_the_drafters_that_take_them(script, capsys):
     args = script.parse_args(["--methods", "ngram,eagle2", "--drafter-option", "depth=6",
                               "--drafter-option", "verify_cost={}", "--drafter-option", "top_k=10"])
     assert args.drafter_option == {"depth": 6, "verify_cost": {}, "top_k": 10}
-    backbone = type("B", (), {"model": "M"})()
-    assert script.drafter_options("eagle2", args, backbone) == {"model": "M", "depth": 6, "verify_cost": {},
-                                                                 "top_k": 10}
-    assert "depth" not in script.drafter_options("ngram", args, backbone)
+    assert script.drafter_options("eagle2", args) == {"depth": 6, "verify_cost": {}, "top_k": 10}
+    assert "depth" not in script.drafter_options("ngram", args)
     for bad, msg in ((["--methods", "ngram", "--drafter-option", "depth=6"], "none of the drafters"),
                      (["--drafter-option", "depth"], "expected KEY=VALUE"),
-                     (["--methods", "eagle2", "--drafter-option", "draft=x"], "set by --weights")):
+                     (["--methods", "eagle2", "--drafter-option", "weights=x"], "set by --weights")):
         with pytest.raises(SystemExit):
             script.parse_args(bad)
         assert msg in capsys.readouterr().err
@@ -119,11 +117,10 @@ def test_weights_go_to_each_methods_heads_or_draft(script):
     args = script.parse_args(["--methods", "ngram,medusa,eagle2+lookup,eagle3",
                               "--weights", "medusa=runs/x/heads, eagle2+lookup=eagle", "--weights", "eagle3=runs/e3"])
     assert args.weights == {"medusa": "runs/x/heads", "eagle2+lookup": "eagle", "eagle3": "runs/e3"}
-    backbone = type("B", (), {"model": "M"})()
-    assert script.drafter_options("medusa", args, backbone) == {"model": "M", "heads": "runs/x/heads"}
-    assert script.drafter_options("eagle2+lookup", args, backbone) == {"model": "M", "draft": "eagle"}
-    assert script.drafter_options("eagle3", args, backbone) == {"model": "M", "draft": "runs/e3"}
-    assert script.drafter_options("ngram", args, backbone) == {}
+    assert script.drafter_options("medusa", args) == {"weights": "runs/x/heads"}
+    assert script.drafter_options("eagle2+lookup", args) == {"weights": "eagle"}
+    assert script.drafter_options("eagle3", args) == {"weights": "runs/e3"}
+    assert script.drafter_options("ngram", args) == {}
     assert script.parse_args(["--methods", "medusa"]).weights == {}
 
 

@@ -1,6 +1,7 @@
 """The drafter protocol: propose a tree from the decode state, learn from what was accepted."""
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -42,6 +43,16 @@ class Drafter(ABC):
 
     def update(self, state: DecodeState) -> None:
         """Called after each committed step."""
+
+
+def with_fields(config, fields: dict):
+    """`config` (a drafter's config dataclass) with `fields` replacing its values; unknown names are an error that
+    lists the known ones."""
+    known = [f.name for f in dataclasses.fields(config)]
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise ValueError(f"{type(config).__name__} has no option {', '.join(unknown)}; options: {', '.join(known)}")
+    return dataclasses.replace(config, **fields)
 
 
 def root_only(state: DecodeState) -> Tree:

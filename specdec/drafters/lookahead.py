@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from specdec.drafters.base import DecodeState, Drafter, root_only
+from specdec.drafters.base import DecodeState, Drafter, root_only, with_fields
 from specdec.machine import machine_kind
 from specdec.tree import Tree, shape_from_parents
 
@@ -33,6 +33,10 @@ class LookaheadConfig:
     guesses: int = 8
     pool_keys: int = 8192
     always_window: bool = True
+
+    def __post_init__(self):
+        if self.window < 1 or self.ngram < 2 or self.guesses < 1 or self.pool_keys < 1:
+            raise ValueError(f"lookahead needs window >= 1, ngram >= 2, guesses >= 1 and pool_keys >= 1, got {self}")
 
     @classmethod
     def gpu(cls) -> "LookaheadConfig":
@@ -86,11 +90,13 @@ class LookaheadDrafter(Drafter):
 
     name = "lookahead"
 
-    def __init__(self, config: LookaheadConfig | None = None):
-        if config is not None and (config.window < 1 or config.ngram < 2 or config.guesses < 1 or config.pool_keys < 1):
-            raise ValueError(f"lookahead needs window >= 1, ngram >= 2, guesses >= 1 and pool_keys >= 1, got {config}")
-        self.config = config  # None: LookaheadConfig.for_machine at begin()
-        self.cfg = config or LookaheadConfig()
+    config_class = LookaheadConfig
+
+    def __init__(self, config: LookaheadConfig | None = None, **fields):
+        """config: None for the machine kind's defaults (chosen at begin()); fields (window, ngram, guesses, ...)
+        replace single values of either."""
+        self.config, self.fields = config, fields
+        self.cfg = with_fields(config or LookaheadConfig(), fields)
         self.pool = NgramPool(self.cfg.pool_keys, self.cfg.guesses)
         self.levels: list[list[int]] = []
         self.tree: Tree | None = None
@@ -98,7 +104,7 @@ class LookaheadDrafter(Drafter):
         self.learned = 0  # state.tokens[:learned + N - 1] are in the pool
 
     def begin(self, state: DecodeState) -> None:
-        c = self.cfg = self.config or LookaheadConfig.for_machine(machine_kind(state.hidden))
+        c = self.cfg = with_fields(self.config or LookaheadConfig.for_machine(machine_kind(state.hidden)), self.fields)
         self.pool = NgramPool(c.pool_keys, c.guesses)
         self.learned = 0
         self._learn(state.tokens)

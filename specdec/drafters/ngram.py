@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from specdec.drafters.base import DecodeState, Drafter
+from specdec.drafters.base import DecodeState, Drafter, with_fields
 from specdec.machine import machine_kind
 from specdec.tree import Tree, shape_from_parents
 
@@ -43,14 +43,18 @@ class NgramDrafter(Drafter):
 
     name = "ngram"
 
-    def __init__(self, config: NgramConfig | None = None):
-        self.requested = config  # None: NgramConfig.for_machine at begin()
-        self.config = config or NgramConfig()
+    config_class = NgramConfig
+
+    def __init__(self, config: NgramConfig | None = None, **fields):
+        """config: None for the machine kind's defaults (chosen at begin()); fields (max_ngram, draft_len, ...)
+        replace single values of either."""
+        self.requested, self.fields = config, fields
+        self.config = with_fields(config or NgramConfig(), fields)
         self.index: dict[int, dict[tuple[int, ...], list[int]]] = {}
         self.indexed = 0
 
     def begin(self, state: DecodeState) -> None:
-        self.config = self.requested or NgramConfig.for_machine(machine_kind(state.hidden))
+        self.config = with_fields(self.requested or NgramConfig.for_machine(machine_kind(state.hidden)), self.fields)
         self.index = {n: defaultdict(list) for n in range(self.config.min_ngram, self.config.max_ngram + 1)}
         self.indexed = 0
         self._extend(state.tokens)
