@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablation_common as ac  # noqa: E402
 
+from specdec import cli
 from specdec.drafters import MedusaDrafter  # noqa: E402
 from specdec.medusa import load_medusa  # noqa: E402
 
@@ -28,7 +29,7 @@ VARIANTS = ("off", "on")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--plain", default="medusa", help="heads without trigram: a directory or shipped name")
     p.add_argument("--trigram", default="medusa-trigram", help="heads with trigram: a directory or shipped name")
     p.add_argument("--train", action="store_true", help="train both with train_heads.py (same flags but the trigram)")
@@ -143,4 +144,4 @@ def plot(rows: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

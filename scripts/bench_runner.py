@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from specdec import cli
 from specdec.backbone import load_backbone, resolve_dtype
 from specdec.packed import PackedLinear
 
@@ -38,7 +39,7 @@ def best_ms(fns: dict, repeats: int, rounds: int, bar=None) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.parser(__doc__)
     ap.add_argument("--backbone", default=None)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--device", default="cpu")
@@ -106,4 +107,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

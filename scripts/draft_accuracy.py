@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from specdec import cli
 from specdec.backbone import backbone_dir, load_transformer
 from specdec.eagle import load_eagle
 from specdec.eagle3 import Eagle3Draft
@@ -22,7 +23,7 @@ from specdec.train_eagle import rollout_accuracy
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--drafts", default="eagle,eagle3", help="comma list of shipped names or draft directories")
     p.add_argument("--data", type=Path, required=True, help="gen_distill.py JSONL (held-out split), with aux layers "
                                                              "for EAGLE-3 drafts")
@@ -71,4 +72,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

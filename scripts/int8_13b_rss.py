@@ -20,6 +20,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory_plan import SHAPES, plan  # noqa: E402
+from specdec import cli
 from specdec.backbone import resolve_dtype  # noqa: E402
 from specdec.decode import decode  # noqa: E402
 from specdec.drafters import MedusaDrafter  # noqa: E402
@@ -66,7 +67,7 @@ def random_heads(args: ModelArgs, n: int, dtype: torch.dtype, device: torch.devi
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--shape", choices=tuple(SHAPES), default="13b")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="activations, embeddings, KV cache")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -116,4 +117,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

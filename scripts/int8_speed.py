@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from specdec import cli
 from specdec.backbone import load_backbone
 from specdec.data import load_mtbench, stratified_subset
 from specdec.decode import decode
@@ -35,7 +36,7 @@ def weight_bytes(model: torch.nn.Module) -> int:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--questions", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
@@ -75,4 +76,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

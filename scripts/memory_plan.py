@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from specdec import cli
 from specdec.model import ModelArgs
 
 GIB = 2**30
@@ -115,7 +116,7 @@ def plan(cfg: dict, name: str, dtype: str = "fp16", quantize: str = "none", cont
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--model", default="13b", help=f"{', '.join(SHAPES)} (Llama shapes) or a config.json / model directory")
     p.add_argument("--dtype", choices=tuple(BYTES), default="fp16", help="activations, KV cache, unquantised weights")
     p.add_argument("--quantize", choices=("none", "int8", "bnb-int8"), default="none")
@@ -160,4 +161,4 @@ def main(argv: list[str] | None = None) -> Plan:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 import specdec
+from specdec import cli
 from specdec.backbone import resolve_dtype
 from specdec.data import Question, copy_prompts, load_mtbench, stratified_subset
 from specdec.drafters import Drafter, drafter_names, make_drafter
@@ -54,7 +55,7 @@ Generate = Callable[[list[int], int], Generation]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags, with --methods resolved to a list."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--backbone", default=None, help="local Hugging Face directory (default: embedded SmolLM2-135M)")
     p.add_argument("--weights", action="append", default=[], metavar="METHOD=PATH_OR_SHIPPED_NAME[,...]",
                    help="weights for a method among --methods that takes them (Medusa heads, an EAGLE draft): a "
@@ -361,4 +362,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablation_common as ac  # noqa: E402
 from sweep_tree import int_list  # noqa: E402
 
+from specdec import cli
 from specdec.drafters import MedusaDrafter  # noqa: E402
 from specdec.medusa import load_medusa  # noqa: E402
 from specdec.tree import sparse_tree  # noqa: E402
@@ -32,7 +33,7 @@ STEM = "sweep_heads"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--heads", default=None, help="a trained checkpoint with --max-heads heads (default: train or load --run-dir)")
     p.add_argument("--max-heads", type=int, default=5)
     p.add_argument("--run-dir", type=Path, default=Path("runs/sweep_heads"), help="where the 5-head training goes")
@@ -178,4 +179,4 @@ def plot(acc: dict, rows: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablation_common as ac  # noqa: E402
 from bench_runner import best_ms  # noqa: E402
 
+from specdec import cli
 from specdec.drafters import MedusaDrafter  # noqa: E402
 from specdec.medusa import load_medusa  # noqa: E402
 from specdec.model import Transformer  # noqa: E402
@@ -48,7 +49,7 @@ def int_list(spec: str, name: str, low: int) -> list[int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--heads", default="medusa-trigram", help="Medusa heads with measured accuracies: a directory or shipped name")
     p.add_argument("--nodes", type=lambda s: int_list(s, "--nodes", 2), default="4,8,16,32,64",
                    help="tree sizes: nodes verified per step, root included")
@@ -200,4 +201,4 @@ def plot(trees: list[dict], plain_speedup: float, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -12,7 +12,7 @@ from specdec.drafters.base import DecodeState, Drafter, NoDrafter, root_only
 from specdec.kernels import greedy_accept
 from specdec.model import Transformer
 from specdec.sampling import SamplingConfig, sample, target_probs, tree_sample_accept, typical_accept
-from specdec.verify_step import VerifyStep
+from specdec.verify_step import VerifyStep, default_step
 
 
 @dataclass
@@ -70,9 +70,10 @@ def decode(
 ) -> DecodeResult:
     """Speculative decoding: greedy (no sampling / temperature 0) is plain greedy token for token, sampling is plain
     sampling in distribution (unless lossy typical acceptance). Stops at a stop id (kept), max_new_tokens, full context,
-    or when on_tokens (called with each step's new tokens) returns True."""
+    or when on_tokens (called with each step's new tokens) returns True. step: the verify forward (default: the
+    model's "auto" one, the one SpecModel uses: specdec.verify_step.default_step)."""
     drafter = drafter or NoDrafter()
-    verify = step or model.forward
+    verify = step or default_step(model)
     prompt = [int(t) for t in prompt_ids]
     if not prompt:
         raise ValueError("the prompt is empty: give at least one token")

@@ -13,7 +13,7 @@ from specdec.backbone import Backbone, load_backbone
 from specdec.decode import DecodeStats, decode
 from specdec.drafters import Drafter, NoDrafter, make_drafter
 from specdec.sampling import SamplingConfig
-from specdec.verify_step import VerifyStep
+from specdec.verify_step import VerifyStep, default_step
 
 
 @dataclass
@@ -74,7 +74,7 @@ class SpecModel:
     def __init__(self, backbone: Backbone, drafter: Drafter | None = None, verify: str = "auto"):
         self.backbone = backbone
         self.drafter = drafter or NoDrafter()
-        self.step = VerifyStep(backbone.model, verify)
+        self.step = default_step(backbone.model) if verify == "auto" else VerifyStep(backbone.model, verify)
 
     @classmethod
     def load(

@@ -95,8 +95,6 @@ def parse_choices(spec: str | list) -> list[tuple[int, ...]]:
         isinstance(c, (list, tuple)) and len(c) > 0 and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in c) for c in spec
     ):
         raise ValueError(f"unknown tree spec {spec!r}: expected a list of non-empty lists of non-negative ints")
-    if not spec:
-        raise ValueError("tree spec [] has no nodes: give at least one choice, e.g. [[0]]")
     choices = sorted({tuple(c) for c in spec}, key=lambda c: (len(c), c))
     known = set(choices)
     for c in choices:

@@ -85,3 +85,12 @@ class VerifyStep:
         if self.mode == "graphs":  # a graph's outputs live in its pool: the next replay overwrites them
             return ForwardOut(logits[:k].clone(), hidden[:k].clone(), {i: h[:k].clone() for i, h in layers.items()})
         return ForwardOut(logits[:k], hidden[:k], {i: h[:k] for i, h in layers.items()})
+
+
+def default_step(model: Transformer) -> VerifyStep:
+    """The model's "auto" verify step (eager on CPU, CUDA graphs on GPU), made once and shared: decode() and
+    SpecModel use it unless given another."""
+    step = model.__dict__.get("default_verify_step")
+    if step is None:
+        step = model.__dict__["default_verify_step"] = VerifyStep(model)
+    return step

@@ -15,7 +15,8 @@ from specdec.eagle import load_eagle
 from specdec.medusa import load_medusa
 from specdec.model import ModelArgs, Transformer
 from specdec.sampling import SamplingConfig
-from specdec.tree import parse_choices
+from specdec.drafters import MedusaDrafter
+from specdec.medusa import MedusaConfig, MedusaHeads
 from test_medusa import official_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,8 +56,8 @@ def test_rope_types_the_static_table_cannot_express_are_refused():
 def test_malformed_options_name_the_problem(model):
     with pytest.raises(ValueError, match="temperature"):
         SamplingConfig(temperature=float("nan"))
-    with pytest.raises(ValueError, match="no nodes"):
-        parse_choices("[]")
+    with pytest.raises(ValueError, match="drafts nothing"):
+        MedusaDrafter(model, MedusaHeads(MedusaConfig(model.args.dim, model.args.vocab_size, 2)), tree="[]")
     with pytest.raises(ValueError, match="outside the vocabulary"):
         decode(model, [5, model.args.vocab_size + 3], max_new_tokens=4)
     with pytest.raises(ValueError, match="outside the vocabulary"):

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from specdec import cli
 from specdec.backbone import backbone_dir, resolve_dtype, stop_ids
 from specdec.chat import detect_chat_format, format_chat
 from specdec.data import is_heldout, load_sharegpt
@@ -34,7 +35,7 @@ TEACHER_FORCE_CHUNK = 64  # sequences per teacher-forced forward: full-vocabular
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--backbone", default=None, help="local HF directory (default: the embedded SmolLM2)")
     p.add_argument("--out", type=Path, required=True, help="JSONL file to write (appended to on resume)")
     p.add_argument("--num-prompts", type=int, default=2000)
@@ -224,4 +225,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from specdec import cli
 from specdec.backbone import backbone_dir, load_transformer, resolve_dtype
 from specdec.eagle import EagleConfig, EagleDraft, load_eagle, save_eagle
 from specdec.eagle3 import Eagle3Config, Eagle3Draft
@@ -43,7 +44,7 @@ TIMING_START, TIMING_STEPS = 3, 10  # --minutes: steps timed after the first few
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--head", choices=("medusa", "eagle", "eagle3"), default="medusa")
     p.add_argument("--backbone", default=None, help="local HF directory (default: the embedded SmolLM2)")
     p.add_argument("--data", type=Path, nargs="+", required=True,
@@ -427,4 +428,4 @@ def describe(acc: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

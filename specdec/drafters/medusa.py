@@ -30,6 +30,8 @@ def head_tree(tree: str | int | list, meta: dict, num_heads: int, vocab: int, ki
     """Choices from a choice list, a node count, or "auto" (the machine kind's count), sparse-optimal for the heads."""
     if isinstance(tree, (list, tuple)) or (isinstance(tree, str) and tree.strip().startswith("[")):
         choices = parse_choices(tree)
+        if not choices:
+            raise ValueError("tree spec [] drafts nothing: give at least one choice, e.g. [[0]], or use plain decoding")
         if max(len(c) for c in choices) > num_heads:
             raise ValueError(f"tree spec is {max(len(c) for c in choices)} deep but there are only {num_heads} heads")
         if max(max(c) for c in choices) >= vocab:
