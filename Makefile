@@ -1,10 +1,13 @@
-# Two commands: `make mtbench` (the speedup table) and `make test`. Each sets up .venv itself.
+# Commands: `make mtbench` (the speedup table), `make test` and `make lint`. Each sets up .venv itself.
 PY := .venv/bin/python
 MTBENCH_ARGS ?=
 
-.PHONY: env test mtbench mtbench-full
+.PHONY: env lint test mtbench mtbench-full
 env:
 	@bash scripts/setup_env.sh
+
+lint: env
+	$(PY) -m ruff check .
 
 test: env
 	$(PY) -m pytest tests -q

@@ -18,7 +18,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablation_common as ac  # noqa: E402
-
 from specdec import cli
 from specdec.drafters import MedusaDrafter  # noqa: E402
 from specdec.medusa import load_medusa  # noqa: E402
@@ -38,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=ac.DISTILL_TRAIN, help="--train: training data (gen_distill.py)")
     p.add_argument("--eval-data", type=Path, default=ac.DISTILL_HELDOUT, help="held-out data (gen_distill.py)")
     p.add_argument("--eval-positions", type=int, default=6000)
-    p.add_argument("--tree", default="auto", help="tree of both drafters: auto (sparse, from each one's accuracies), N, or a choice list")
+    p.add_argument("--tree", default="auto",
+                   help="tree of both drafters: auto (sparse, from each one's accuracies), N, or a choice list")
     ac.add_common_flags(p, questions=8, max_new_tokens=128, out=f"results/ablations/{STEM}")
     return p.parse_args(argv)
 
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     for v in VARIANTS:
         heads, meta = load_medusa(sources[v], model)
         if any(heads.config.trigram) != (v == "on"):
-            raise SystemExit(f"--{'trigram' if v == 'on' else 'plain'} {sources[v]}: its heads have trigram={heads.config.trigram}")
+            raise SystemExit(f"--{'trigram' if v == 'on' else 'plain'} {sources[v]}: "
+                             f"its heads have trigram={heads.config.trigram}")
         acc = ac.heldout_accuracy(heads, model, args.eval_data, args.eval_positions)
         name = f"medusa (trigram {v})"
         drafters[name] = MedusaDrafter(model, sources[v], args.tree)
@@ -110,8 +111,10 @@ def markdown_table(rows: dict, config: dict) -> str:
     for v, r in rows.items():
         acc = r["heldout"]
         tri = "off" if v == "off" else f"on ({r['trigram_tokens']})"
-        lines.append(f"| {tri} | {' '.join(f'{a:.3f}' for a in acc['top1'])} | {' '.join(f'{a:.3f}' for a in acc['top5'])} | "
-                     f"{r['tree_nodes']} | {r['tau']:.2f} | {r['speedup']:.2f}x | {'yes' if r['identical'] else 'NO'} |")
+        lines.append(f"| {tri} | {' '.join(f'{a:.3f}' for a in acc['top1'])} | "
+                     f"{' '.join(f'{a:.3f}' for a in acc['top5'])} | "
+                     f"{r['tree_nodes']} | {r['tau']:.2f} | {r['speedup']:.2f}x | "
+                     f"{'yes' if r['identical'] else 'NO'} |")
     return "\n".join(lines) + "\n"
 
 

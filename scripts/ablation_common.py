@@ -24,7 +24,6 @@ ROOT = SCRIPTS.parent
 sys.path.insert(0, str(SCRIPTS))  # mtbench_speedup, bench_runner: scripts, not a package
 
 import mtbench_speedup as mtb  # noqa: E402
-
 import specdec  # noqa: E402
 from specdec.backbone import resolve_dtype  # noqa: E402
 from specdec.checkpoint import read_config  # noqa: E402
@@ -41,7 +40,8 @@ QUICK_ANSWER_TOKENS = 16  # greedy answer length of the self-made held-out / tra
 DISTILL_TRAIN = Path("data/distill_train.jsonl")  # relative: the recorded training command stays portable
 DISTILL_HELDOUT = Path("data/distill_heldout.jsonl")
 # train/train_heads.py flags of the shipped medusa / medusa-trigram heads (their config.json), less data, eval and --out
-SHIPPED_TRAIN_FLAGS = ["--draft-vocab", "8192", "--micro-batch", "128", "--lr", "3e-3", "--epochs", "3", "--eval-every", "400"]
+SHIPPED_TRAIN_FLAGS = ["--draft-vocab", "8192", "--micro-batch", "128", "--lr", "3e-3", "--epochs", "3",
+                       "--eval-every", "400"]
 TRIGRAM_FLAGS = {"off": ["--trigram", "none"], "on": ["--trigram", "all", "--trigram-tokens", "pending"]}
 
 
@@ -70,16 +70,19 @@ def add_common_flags(p: argparse.ArgumentParser, questions: int, max_new_tokens:
 def setup(args: argparse.Namespace) -> tuple[specdec.Backbone, argparse.Namespace]:
     """Threads and seed, the backbone, and mtbench_speedup's flags for the same run (greedy, first turns)."""
     if args.quick:
-        args.questions, args.max_new_tokens = min(args.questions, QUICK_QUESTIONS), min(args.max_new_tokens, QUICK_TOKENS)
+        args.questions, args.max_new_tokens = (min(args.questions, QUICK_QUESTIONS),
+                                               min(args.max_new_tokens, QUICK_TOKENS))
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     torch.manual_seed(args.seed)
     bench = mtb.parse_args(["--questions", str(args.questions), "--max-new-tokens", str(args.max_new_tokens),
                             "--dtype", args.dtype, "--seed", str(args.seed), "--methods", "hf,vanilla"])
-    backbone = specdec.load_backbone(None, resolve_dtype(args.dtype, "cpu"), "cpu", max_seq_len=2048 + args.max_new_tokens)
+    backbone = specdec.load_backbone(None, resolve_dtype(args.dtype, "cpu"), "cpu",
+                                     max_seq_len=2048 + args.max_new_tokens)
     return backbone, bench
 
 
-def run_mtbench(backbone: specdec.Backbone, bench: argparse.Namespace, drafters: dict[str, Drafter]) -> tuple[dict, dict]:
+def run_mtbench(backbone: specdec.Backbone, bench: argparse.Namespace,
+                drafters: dict[str, Drafter]) -> tuple[dict, dict]:
     """hf, vanilla and each named drafter on the same MT-Bench questions, interleaved; (per-method results, config)."""
     methods = mtb.build_methods(bench.methods, backbone, bench)
     sampling = mtb.sampling_config(bench)
@@ -108,7 +111,8 @@ def self_distill(backbone: specdec.Backbone, questions: list[Question], path: Pa
     return path
 
 
-def quick_data(backbone: specdec.Backbone, workdir: Path, n_train: int = 0, n_heldout: int = 2) -> tuple[Path | None, Path]:
+def quick_data(backbone: specdec.Backbone, workdir: Path, n_train: int = 0,
+               n_heldout: int = 2) -> tuple[Path | None, Path]:
     """Tiny (train, held-out) files for --quick: copy-heavy prompts to train on, MT-Bench's last questions held out
     (the benchmark takes its first ones)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -120,7 +124,8 @@ def quick_data(backbone: specdec.Backbone, workdir: Path, n_train: int = 0, n_he
         else:
             f.unlink()
     heldout = self_distill(backbone, load_mtbench()[-n_heldout:], workdir / "quick_heldout.jsonl", QUICK_ANSWER_TOKENS)
-    train = self_distill(backbone, copy_prompts()[:n_train], workdir / "quick_train.jsonl", QUICK_ANSWER_TOKENS) if n_train else None
+    train = (self_distill(backbone, copy_prompts()[:n_train], workdir / "quick_train.jsonl", QUICK_ANSWER_TOKENS)
+             if n_train else None)
     return train, heldout
 
 
@@ -175,7 +180,8 @@ def write_outputs(out: str | Path, stem: str, payload: dict, table: str, methods
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"]
     paths[0].write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    paths[1].write_text(table + "\nMT-Bench detail (speedup vs transformers `generate`, same run):\n\n" + markdown(methods))
+    paths[1].write_text(table + "\nMT-Bench detail (speedup vs transformers `generate`, same run):\n\n"
+                        + markdown(methods))
     plot(paths[2])
     return paths
 

@@ -5,7 +5,6 @@ On a CPU the runner is timed with oneDNN-packed linears (the default) and with p
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import platform
@@ -100,7 +99,8 @@ def main() -> None:
               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "backbone": str(bb.path)}
     (out / f"{name}.json").write_text(json.dumps({"config": config, "rows": rows}, indent=2))
     lines = ["| nodes | " + " | ".join(f"{n} ms | x k=1" for n in names) + " |", "|---" * (1 + 2 * len(names)) + "|"]
-    lines += ["| " + " | ".join([str(r["nodes"])] + [f"{r[f'{n}_ms']:.1f} | {r[f'{n}_ratio_vs_k1']:.2f}" for n in names])
+    lines += ["| " + " | ".join([str(r["nodes"])]
+                                + [f"{r[f'{n}_ms']:.1f} | {r[f'{n}_ratio_vs_k1']:.2f}" for n in names])
               + " |" for r in rows]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mtbench_speedup  # noqa: E402  (a sibling script)
-
 from specdec import cli
 from specdec.backbone import load_backbone, resolve_dtype  # noqa: E402
 from specdec.decode import decode  # noqa: E402
@@ -136,7 +135,8 @@ def report(result: dict) -> str:
         lines += ["## MT-Bench", "", methods_table(result["mtbench"]["methods"]), ""]
     if "bandwidth" in result:
         b = result["bandwidth"]
-        frac = f" = {b['fraction_of_peak']:.0%} of the card's {b['card_peak_GBps']:.0f} GB/s" if b["card_peak_GBps"] else ""
+        frac = (f" = {b['fraction_of_peak']:.0%} of the card's {b['card_peak_GBps']:.0f} GB/s"
+                if b["card_peak_GBps"] else "")
         lines += ["## Plain decoding bandwidth", "",
                   f"{b['weight_bytes'] / 1e6:.0f} MB of weights x {b['steps_per_s']:.1f} steps/s = "
                   f"{b['achieved_GBps']:.1f} GB/s{frac} ({b['dtype']}, verify {b['verify']})", ""]

@@ -7,7 +7,6 @@ Reports peak RSS (ru_maxrss) and, on CUDA, torch.cuda.max_memory_allocated.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import resource
@@ -53,7 +52,8 @@ def build_int8(args: ModelArgs, dtype: torch.dtype, device: torch.device, seed: 
                 del linear
         for name, p in list(parent.named_parameters(recurse=False)):  # the norms
             if p.is_meta:
-                setattr(parent, name, nn.Parameter(torch.ones(p.shape, dtype=dtype, device=device), requires_grad=False))
+                setattr(parent, name,
+                        nn.Parameter(torch.ones(p.shape, dtype=dtype, device=device), requires_grad=False))
     return model.eval()
 
 
@@ -69,7 +69,8 @@ def random_heads(args: ModelArgs, n: int, dtype: torch.dtype, device: torch.devi
 def main(argv: list[str] | None = None) -> dict:
     p = cli.parser(__doc__)
     p.add_argument("--shape", choices=tuple(SHAPES), default="13b")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="activations, embeddings, KV cache")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
+                   help="activations, embeddings, KV cache")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--context", type=int, default=64, help="static cache length")
     p.add_argument("--prompt-tokens", type=int, default=16)

@@ -7,7 +7,6 @@ tok/s counts new tokens over wall time (prefill included); "same as fp32" compar
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
@@ -59,7 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
     ref = tokens.get("fp32")
     rows = {k: {"tok_per_s": sum(map(len, tokens[k])) / seconds[k], "tokens": sum(map(len, tokens[k])),
                 "weights_mb": weight_bytes(backbones[k].model) / 1e6,
-                "same_as_fp32": None if ref is None else [first_divergence(t, r) is None for t, r in zip(tokens[k], ref)]}
+                "same_as_fp32": (None if ref is None
+                                 else [first_divergence(t, r) is None for t, r in zip(tokens[k], ref)])}
             for k in labels}
     out = {"machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {a.threads} thread(s)",
            "questions": [q.question_id for q in questions], "max_new_tokens": a.max_new_tokens, "configs": rows}

@@ -23,7 +23,8 @@ CARDS_GIB = (32, 48, 80)
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
-def llama(dim: int, layers: int, heads: int, intermediate: int, kv_heads: int | None = None, vocab: int = 32000) -> dict:
+def llama(dim: int, layers: int, heads: int, intermediate: int, kv_heads: int | None = None,
+          vocab: int = 32000) -> dict:
     """A Llama config.json dict of the given shape."""
     return {"model_type": "llama", "hidden_size": dim, "num_hidden_layers": layers, "num_attention_heads": heads,
             "num_key_value_heads": kv_heads or heads, "intermediate_size": intermediate, "vocab_size": vocab,
@@ -59,7 +60,8 @@ class Plan:
 def linear_shapes(a: ModelArgs) -> list[tuple[int, int]]:
     """(out, in) of one decoder layer's linears: fused qkv, o, fused gate/up, down."""
     qkv = (a.n_heads + 2 * a.n_kv_heads) * a.head_dim
-    return [(qkv, a.dim), (a.dim, a.n_heads * a.head_dim), (2 * a.intermediate_size, a.dim), (a.dim, a.intermediate_size)]
+    return [(qkv, a.dim), (a.dim, a.n_heads * a.head_dim), (2 * a.intermediate_size, a.dim),
+            (a.dim, a.intermediate_size)]
 
 
 def linear_bytes(out_f: int, in_f: int, quantize: str, b: int) -> int:
@@ -95,7 +97,8 @@ def drafter_bytes(a: ModelArgs, quantize: str, b: int, medusa_heads: int, medusa
 def activation_bytes(a: ModelArgs, tokens: int, b: int) -> int:
     """Peak of the one-pass prefill over `tokens`: residual stream and layer output, qkv, attention output, the MLP's
     fused gate/up and its product, math-path attention scores [heads, T, T] (flash kernels need none), one logit row."""
-    per_token = 3 * a.dim + (a.n_heads + 2 * a.n_kv_heads) * a.head_dim + a.n_heads * a.head_dim + 3 * a.intermediate_size
+    per_token = (3 * a.dim + (a.n_heads + 2 * a.n_kv_heads) * a.head_dim + a.n_heads * a.head_dim
+                 + 3 * a.intermediate_size)
     return (tokens * per_token + a.n_heads * tokens * tokens + a.vocab_size) * b
 
 
@@ -117,7 +120,8 @@ def plan(cfg: dict, name: str, dtype: str = "fp16", quantize: str = "none", cont
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.parser(__doc__)
-    p.add_argument("--model", default="13b", help=f"{', '.join(SHAPES)} (Llama shapes) or a config.json / model directory")
+    p.add_argument("--model", default="13b",
+                   help=f"{', '.join(SHAPES)} (Llama shapes) or a config.json / model directory")
     p.add_argument("--dtype", choices=tuple(BYTES), default="fp16", help="activations, KV cache, unquantised weights")
     p.add_argument("--quantize", choices=("none", "int8", "bnb-int8"), default="none")
     p.add_argument("--context", type=int, default=2048, help="tokens of context (prompt + answer)")

@@ -26,10 +26,18 @@ from specdec.backbone import resolve_dtype
 from specdec.data import Question, copy_prompts, load_mtbench, stratified_subset
 from specdec.drafters import Drafter, drafter_names, make_drafter
 from specdec.drafters import drafter_options as registry_options
-from specdec.metrics import (PEAK_MEM_MEANING, TurnRecord, markdown, peak_memory_mb, reset_peak_memory, summarize,
-                             write_results)
+from specdec.metrics import (
+    PEAK_MEM_MEANING,
+    TurnRecord,
+    markdown,
+    peak_memory_mb,
+    reset_peak_memory,
+    summarize,
+    write_results,
+)
 from specdec.sampling import SamplingConfig
-from specdec.verify_step import MODES as VERIFY_MODES, VerifyStep
+from specdec.verify_step import MODES as VERIFY_MODES
+from specdec.verify_step import VerifyStep
 
 BASELINE, REFERENCE = "hf", "vanilla"
 HF_METHODS = {"hf": None, "hf-pld": 10}  # name -> transformers prompt_lookup_num_tokens

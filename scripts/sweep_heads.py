@@ -21,12 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablation_common as ac  # noqa: E402
-from sweep_tree import int_list  # noqa: E402
-
 from specdec import cli
 from specdec.drafters import MedusaDrafter  # noqa: E402
 from specdec.medusa import load_medusa  # noqa: E402
 from specdec.tree import sparse_tree  # noqa: E402
+from sweep_tree import int_list  # noqa: E402
 
 STEM = "sweep_heads"
 
@@ -34,10 +33,12 @@ STEM = "sweep_heads"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
     p = cli.parser(__doc__)
-    p.add_argument("--heads", default=None, help="a trained checkpoint with --max-heads heads (default: train or load --run-dir)")
+    p.add_argument("--heads", default=None,
+                   help="a trained checkpoint with --max-heads heads (default: train or load --run-dir)")
     p.add_argument("--max-heads", type=int, default=5)
     p.add_argument("--run-dir", type=Path, default=Path("runs/sweep_heads"), help="where the 5-head training goes")
-    p.add_argument("--trigram", choices=sorted(ac.TRIGRAM_FLAGS), default="on", help="train trigram heads (as medusa-trigram) or not")
+    p.add_argument("--trigram", choices=sorted(ac.TRIGRAM_FLAGS), default="on",
+                   help="train trigram heads (as medusa-trigram) or not")
     p.add_argument("--data", type=Path, default=ac.DISTILL_TRAIN, help="training data (gen_distill.py)")
     p.add_argument("--eval-data", type=Path, default=ac.DISTILL_HELDOUT, help="held-out data (gen_distill.py)")
     p.add_argument("--eval-positions", type=int, default=6000)
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 def markdown_table(acc: dict, rows: list[dict], config: dict) -> str:
     """Per-head held-out accuracy, then one row per (head count, tree size)."""
-    lines = [f"Head-count sweep ({config['heads']}, first k heads; min confidence {config['flags']['min_confidence']}). "
+    lines = [f"Head-count sweep ({config['heads']}, first k heads; "
+             f"min confidence {config['flags']['min_confidence']}). "
              f"{ac.settings_line(config)}; held-out positions: {config['eval_positions']}.", "",
              "| head | predicts | held-out top-1 | top-5 |", "|---:|---|---:|---:|"]
     lines += [f"| {i + 1} | t+{i + 2} | {a:.3f} | {b:.3f} |" for i, (a, b) in enumerate(zip(acc["top1"], acc["top5"]))]

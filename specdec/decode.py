@@ -100,7 +100,8 @@ def decode(
         for i, t in enumerate(new):
             if t in stops or len(out_tokens) + i + 1 == budget:
                 new = new[: i + 1]
-                stats.stop_reason = "stop_id" if t in stops else ("max_new_tokens" if budget == max_new_tokens else "context")
+                stats.stop_reason = ("stop_id" if t in stops
+                                     else ("max_new_tokens" if budget == max_new_tokens else "context"))
                 break
         out_tokens.extend(new)
         if on_tokens is not None and on_tokens(new) and not stats.stop_reason:
@@ -109,7 +110,8 @@ def decode(
 
     t0 = time.perf_counter()
     model.reset()
-    out = model.forward(torch.tensor(prompt, device=device), logits_for=slice(-1, None), hidden_layers=drafter.hidden_layers)
+    out = model.forward(torch.tensor(prompt, device=device), logits_for=slice(-1, None),
+                        hidden_layers=drafter.hidden_layers)
     model.commit(None, len(prompt))
     first = int(sample(target_probs(out.logits[-1], sampling), generator) if sampling else out.logits[-1].argmax())
     if gaps is not None:

@@ -101,7 +101,8 @@ def load_official_eagle(path: Path, model: Transformer) -> EagleDraft:
     from specdec.backbone import read_hf_state, to_block_state
 
     cfg = json.loads((path / "config.json").read_text())
-    if cfg.get("hidden_size") != model.args.dim or cfg.get("vocab_size", model.args.vocab_size) != model.args.vocab_size:
+    if (cfg.get("hidden_size") != model.args.dim
+            or cfg.get("vocab_size", model.args.vocab_size) != model.args.vocab_size):
         raise ValueError(f"EAGLE weights at {path} have hidden size {cfg.get('hidden_size')} and vocab "
                          f"{cfg.get('vocab_size')}, this backbone {model.args.dim} and {model.args.vocab_size}: "
                          "they belong to another backbone")

@@ -174,14 +174,17 @@ def load_official_eagle3(path: Path, model: Transformer) -> Eagle3Draft:
                          f"{cfg.get('vocab_size')}, this backbone {args.dim} and {args.vocab_size}: they belong to "
                          "another backbone")
     hf = read_hf_state(path)
-    missing = [k for k in (*_RENAMES, "midlayer.self_attn.q_proj.weight", "midlayer.mlp.gate_proj.weight") if k not in hf]
+    missing = [k for k in (*_RENAMES, "midlayer.self_attn.q_proj.weight", "midlayer.mlp.gate_proj.weight")
+               if k not in hf]
     if missing:
         raise ValueError(f"{path}: missing {', '.join(missing)}: not the EAGLE-3 draft layout")
-    aux = (cfg.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids") or list(default_aux_layers(args.n_layers))
+    aux = ((cfg.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
+           or list(default_aux_layers(args.n_layers)))
     draft = Eagle3Draft(Eagle3Config(args.dim, args.vocab_size, int(cfg["draft_vocab_size"]), list(aux)), args)
     state = {mine: hf[theirs] for theirs, mine in _RENAMES.items()}
     state["layer.attention.wqkv.weight"] = torch.cat([hf[f"midlayer.self_attn.{n}_proj.weight"] for n in "qkv"])
-    state["layer.feed_forward.w13.weight"] = torch.cat([hf["midlayer.mlp.gate_proj.weight"], hf["midlayer.mlp.up_proj.weight"]])
+    state["layer.feed_forward.w13.weight"] = torch.cat([hf["midlayer.mlp.gate_proj.weight"],
+                                                        hf["midlayer.mlp.up_proj.weight"]])
     state["d2t"], state["t2d"] = state["d2t"].long(), state["t2d"].bool()
     try:
         draft.load_state_dict(state)

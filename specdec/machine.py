@@ -1,4 +1,5 @@
-"""Which kind of machine a backbone runs on, and what a verify forward of k nodes costs there: drafter defaults key on it.
+"""Which kind of machine a backbone runs on, and what a verify forward of k nodes costs there: drafter defaults key
+on it.
 
 On a CPU the runner's linears are oneDNN-packed (specdec.packed): a forward of 2-8 nodes then costs about as much as
 one token in fp32 and bf16 alike, 16 nodes ~1.3-1.5x and 32 ~2x (before packing, fp32 paid 1.4-1.8x for any k >= 2);

@@ -47,7 +47,8 @@ class MedusaConfig:
         if not 0 <= self.draft_vocab <= self.vocab_size:
             raise ValueError(f"draft_vocab must be in [0, {self.vocab_size}], got {self.draft_vocab}")
         if self.num_heads < 1 or self.num_layers < 0 or len(self.trigram) != self.num_heads:
-            raise ValueError(f"bad Medusa config: {self.num_heads} heads, {self.num_layers} layers, trigram={self.trigram}")
+            raise ValueError(f"bad Medusa config: {self.num_heads} heads, {self.num_layers} layers, "
+                             f"trigram={self.trigram}")
 
 
 class ResBlock(nn.Module):
@@ -146,8 +147,9 @@ def load_official_medusa(path: Path, model: Transformer) -> MedusaHeads:
     if tuple(head_w.shape) != (model.args.vocab_size, model.args.dim):
         raise ValueError(f"Medusa heads at {path} project {head_w.shape[1]} -> {head_w.shape[0]}, but this backbone "
                          f"has dim {model.args.dim} and vocab {model.args.vocab_size}: they belong to another backbone")
-    missing = [k for i in range(n_heads) for k in [f"{i}.{j}.linear.{p}" for j in range(n_layers)
-                                                    for p in ("weight", "bias")] + [f"{i}.{n_layers}.weight"] if k not in state]
+    missing = [k for i in range(n_heads)
+               for k in [f"{i}.{j}.linear.{p}" for j in range(n_layers) for p in ("weight", "bias")]
+               + [f"{i}.{n_layers}.weight"] if k not in state]
     if missing:
         raise ValueError(f"{path}: config.json claims {n_heads} heads of {n_layers} blocks but the weights lack "
                          f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")

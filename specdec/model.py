@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
 from transformers.activations import ACT2FN
 
 from specdec.kernels import commit_kv
@@ -40,7 +39,8 @@ class ModelArgs:
         """Build from a config.json dict (llama, mistral or qwen2)."""
         model_type = cfg.get("model_type", "llama")
         if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+            raise ValueError(f"model_type {model_type!r} is not supported; "
+                             f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
         n_heads = cfg["num_attention_heads"]
         if cfg.get("hidden_act", "silu") not in ACT2FN:
             raise ValueError(f"unknown hidden_act {cfg['hidden_act']!r}")
@@ -123,7 +123,8 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(in_dim or args.dim, qkv_out, bias=args.qkv_bias)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=args.o_bias)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor, start: int | Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor, start: int | Tensor,
+                mask: Tensor | None) -> Tensor:
         k_new = x.shape[0]
         q, k, v = self.wqkv(x).split(
             [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
@@ -177,7 +178,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor, start: int | Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor, start: int | Tensor,
+                mask: Tensor | None) -> Tensor:
         h = x + self.attention(self.attention_norm(x), cos, sin, kv, start, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 

@@ -49,7 +49,8 @@ class PackedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled() and x.requires_grad:  # oneDNN's packed op has no backward
             return F.linear(x, self.weight, self.bias)
-        out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, self.in_features), self.packed, self.bias, "none", [], "")
+        out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, self.in_features), self.packed, self.bias, "none", [],
+                                                 "")
         return out.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

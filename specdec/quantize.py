@@ -32,7 +32,8 @@ def int8_weight(w: Tensor) -> tuple[Tensor, Tensor]:
 class WeightOnlyInt8Linear(nn.Module):
     """A linear layer with int8 weights and one scale per output channel; activations stay in `dtype`.
 
-    `weight` returns the dequantised matrix (for heads that share the backbone's lm_head); forward never builds it whole.
+    `weight` returns the dequantised matrix (for heads that share the backbone's lm_head); forward never builds it
+    whole.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
@@ -41,7 +42,8 @@ class WeightOnlyInt8Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("int8_weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scales", torch.empty(out_features, dtype=dtype, device=device))
-        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
+        self.bias = (nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False)
+                     if bias else None)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, device: torch.device | str) -> "WeightOnlyInt8Linear":
@@ -146,6 +148,7 @@ def load_int8(path: str | Path, device: torch.device | str = "cpu") -> Transform
     dtype = state["tok_embeddings.weight"].dtype
     for parent, name in linears(model, "int8"):
         old = getattr(parent, name)
-        setattr(parent, name, WeightOnlyInt8Linear(old.in_features, old.out_features, old.bias is not None, dtype, "meta"))
+        setattr(parent, name,
+                WeightOnlyInt8Linear(old.in_features, old.out_features, old.bias is not None, dtype, "meta"))
     model.load_state_dict(state, assign=True)
     return model.eval()

@@ -12,7 +12,6 @@ sample of plain sampling's distribution.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from functools import lru_cache
 

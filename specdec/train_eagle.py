@@ -54,8 +54,9 @@ def pack(data: SequenceData, index: list[int], device: torch.device, dtype: torc
         seq.append(torch.full((rows,), n))
     seq_t, pos_t = torch.cat(seq), torch.cat(pos)
     mask = (seq_t[:, None] == seq_t[None, :]) & (pos_t[:, None] >= pos_t[None, :])
-    return PackedBatch(torch.cat(feats).to(device, dtype), torch.cat(toks).to(device), torch.cat(targets).to(device, dtype),
-                       pos_t.to(device), mask.to(device), torch.cat(answer).to(device), torch.cat(best).to(device))
+    return PackedBatch(torch.cat(feats).to(device, dtype), torch.cat(toks).to(device),
+                       torch.cat(targets).to(device, dtype), pos_t.to(device), mask.to(device),
+                       torch.cat(answer).to(device), torch.cat(best).to(device))
 
 
 def rollout_mask(batch: PackedBatch, step: int) -> Tensor:
@@ -80,7 +81,8 @@ def rollout_outputs(draft: torch.nn.Module, batch: PackedBatch, embed: Tensor, c
     for step in range(2, steps + 1):
         prev = torch.cat((out[:1], out[:-1]))  # row j reads row j-1's; rows where that is another conversation's
         # (position < step - 1) do not exist at this step and no row that does exist attends to them
-        kv = torch.cat((kv, module.new_cache(n).to(x.dtype)), dim=2)  # a new tensor: autograd needs the old keys as read
+        # a new tensor: autograd needs the old keys as read
+        kv = torch.cat((kv, module.new_cache(n).to(x.dtype)), dim=2)
         out = draft(prev, batch.tokens, embed, c, s, kv, (step - 1) * n, rollout_mask(batch, step))
         results.append((out, batch.positions >= step - 1))
     return results

@@ -92,7 +92,8 @@ def parse_choices(spec: str | list) -> list[tuple[int, ...]]:
         except (ValueError, SyntaxError) as e:
             raise ValueError(f"unknown tree spec {spec!r}: expected a choice list like [[0], [1], [0, 0]]") from e
     if not isinstance(spec, (list, tuple)) or not all(
-        isinstance(c, (list, tuple)) and len(c) > 0 and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in c) for c in spec
+        isinstance(c, (list, tuple)) and len(c) > 0
+        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in c) for c in spec
     ):
         raise ValueError(f"unknown tree spec {spec!r}: expected a list of non-empty lists of non-negative ints")
     choices = sorted({tuple(c) for c in spec}, key=lambda c: (len(c), c))

@@ -101,7 +101,8 @@ def test_train_or_load_refuses_heads_of_another_command(tmp_path):
     with pytest.raises(SystemExit, match="another command"):
         common.train_or_load(tmp_path, ["--epochs", "3"])
     # the same command: loaded, not retrained
-    (heads / "config.json").write_text(json.dumps({"train": {"command": f"train/train_heads.py --epochs 3 --out {tmp_path}"}}))
+    (heads / "config.json").write_text(
+        json.dumps({"train": {"command": f"train/train_heads.py --epochs 3 --out {tmp_path}"}}))
     assert common.train_or_load(tmp_path, ["--epochs", "3"]) == heads
 
 

@@ -347,7 +347,8 @@ def test_bad_arguments(runners):
     with pytest.raises(ValueError, match="max_new_tokens"):
         decode(model, [5, 6], max_new_tokens=0)
     # the model still decodes correctly after the rejected calls
-    assert decode(model, PROMPTS[1], max_new_tokens=5).tokens == decode(model, PROMPTS[1], NgramDrafter(), max_new_tokens=5).tokens
+    assert (decode(model, PROMPTS[1], max_new_tokens=5).tokens
+            == decode(model, PROMPTS[1], NgramDrafter(), max_new_tokens=5).tokens)
 
 
 def test_top2_gaps_match_hf_logits(tiny_models, runners):

@@ -36,7 +36,8 @@ def random_draft(model, seed: int = 0, draft_vocab: int = 0) -> EagleDraft:
     draft = EagleDraft(EagleConfig(model.args.dim, model.args.vocab_size, draft_vocab), model.args)
     with torch.no_grad():
         for name, p in draft.named_parameters():
-            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.4 * torch.randn_like(p) / p.shape[-1] ** 0.5)
+            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name
+                    else 0.4 * torch.randn_like(p) / p.shape[-1] ** 0.5)
         draft.vocab_ids.copy_(torch.randperm(model.args.vocab_size)[: len(draft.vocab_ids)])
     return draft.eval().requires_grad_(False)
 
@@ -75,7 +76,8 @@ def test_tree_scores_equal_a_recomputation_from_scratch(runners, tree):
     draft = random_draft(model, seed=4, draft_vocab=100)
     drafter = EagleDrafter(model, draft, tree=tree, depth=4, top_k=3, total_tokens=40, verify_cost={})
     state = begun(model, drafter, PROMPTS[0])
-    tokens, parents, scores = drafter._dynamic(drafter_logp(drafter)) if tree == "dynamic" else drafter._static(drafter_logp(drafter))
+    tokens, parents, scores = (drafter._dynamic(drafter_logp(drafter)) if tree == "dynamic"
+                               else drafter._static(drafter_logp(drafter)))
     assert len(tokens) == (3 + 3 * 9 if tree == "dynamic" else len(tree))
     for leaf in range(len(tokens)):
         path, node = [], leaf
@@ -190,27 +192,32 @@ def test_official_eagle_layout_matches_transformers_llama_layer(runners, tiny_mo
     hf_cfg = LlamaConfig(**{k: v for k, v in cfg.items() if k in LlamaConfig().to_dict()})
     hf_cfg._attn_implementation = "eager"
     layer = LlamaDecoderLayer(hf_cfg, 0).eval()
-    layer.load_state_dict({k[len("layers.0."):]: v for k, v in state.items() if k.startswith("layers.0.")}, strict=False)
+    layer.load_state_dict({k[len("layers.0."):]: v for k, v in state.items() if k.startswith("layers.0.")},
+                          strict=False)
     layer.input_layernorm = torch.nn.Identity()
     n = 6
     feats, tokens = torch.randn(n, model.args.dim), torch.tensor([3, 9, 27, 81, 243, 7])
-    x = F.linear(torch.cat((F.embedding(tokens, model.tok_embeddings.weight), feats), -1), state["fc.weight"], state["fc.bias"])
+    x = F.linear(torch.cat((F.embedding(tokens, model.tok_embeddings.weight), feats), -1), state["fc.weight"],
+                 state["fc.bias"])
     pos = torch.arange(n)[None]
     cos, sin = LlamaRotaryEmbedding(hf_cfg)(x[None], pos)
     causal = torch.full((n, n), float("-inf")).triu(1)[None, None]
     ref = layer(x[None], attention_mask=causal, position_ids=pos, position_embeddings=(cos, sin))
     ref = ref[0] if isinstance(ref, tuple) else ref
-    got = draft(feats, tokens, model.tok_embeddings.weight, model.rope_cos[:n], model.rope_sin[:n], draft.new_cache(n), 0, None)
+    got = draft(feats, tokens, model.tok_embeddings.weight, model.rope_cos[:n], model.rope_sin[:n], draft.new_cache(n),
+                0, None)
     torch.testing.assert_close(got, ref[0], rtol=1e-4, atol=1e-4)
 
 
 def test_official_layout_errors(runners, tmp_path):
     model = runners["llama"]
-    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": model.args.dim + 1, "vocab_size": model.args.vocab_size}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"hidden_size": model.args.dim + 1, "vocab_size": model.args.vocab_size}))
     save_file(official_state(model), str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match="another backbone"):
         load_eagle(tmp_path, model)
-    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": model.args.dim, "vocab_size": model.args.vocab_size}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"hidden_size": model.args.dim, "vocab_size": model.args.vocab_size}))
     save_file({"x": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match="not the EAGLE draft layout"):
         load_eagle(tmp_path, model)

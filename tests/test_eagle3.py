@@ -21,7 +21,7 @@ from specdec.eagle import load_eagle, save_eagle
 from specdec.eagle3 import Eagle3Config, Eagle3Draft, default_aux_layers, official_state
 from specdec.train_data import SequenceData
 from specdec.train_eagle import pack, rollout_outputs
-from test_eagle import PROMPTS, begun
+from test_eagle import PROMPTS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 HYP = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -38,7 +38,8 @@ def random_eagle3(model, seed: int = 0, draft_vocab: int = 64, aux: list[int] | 
     draft = Eagle3Draft(Eagle3Config(a.dim, a.vocab_size, draft_vocab, aux or [1, 2]), a)
     with torch.no_grad():
         for name, p in draft.named_parameters():
-            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.6 * torch.randn_like(p) / p.shape[-1] ** 0.5)
+            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name
+                    else 0.6 * torch.randn_like(p) / p.shape[-1] ** 0.5)
     draft.set_vocab(torch.randperm(a.vocab_size)[:draft_vocab])
     return draft.eval().requires_grad_(False)
 
@@ -81,7 +82,8 @@ def test_random_eagle3_drafts_are_lossless(tiny_models, runners, family, p, seed
 
 
 @torch.no_grad()
-def chain_logprobs(model, draft: Eagle3Draft, prompt_feats: torch.Tensor, tokens: list[int], path: list[int]) -> list[float]:
+def chain_logprobs(model, draft: Eagle3Draft, prompt_feats: torch.Tensor, tokens: list[int],
+                   path: list[int]) -> list[float]:
     """Log-probability of each token on `path`, recomputed from scratch: fused features for the verified text, then
     the draft's own outputs, one fresh causal pass per step."""
     embed = model.tok_embeddings.weight
@@ -179,7 +181,8 @@ def test_official_layout_matches_transformers_llama_layer(runners, tiny_models, 
         h = h + attn
         ref = h + layer.mlp(layer.post_attention_layernorm(h))
         ref_logits = F.linear(norm(ref), state["lm_head.weight"])
-    got = draft(feats, tokens, model.tok_embeddings.weight, model.rope_cos[:n], model.rope_sin[:n], draft.new_cache(n), 0, None)
+    got = draft(feats, tokens, model.tok_embeddings.weight, model.rope_cos[:n], model.rope_sin[:n], draft.new_cache(n),
+                0, None)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(draft.logits(got), ref_logits, rtol=1e-4, atol=1e-4)
 

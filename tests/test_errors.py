@@ -11,12 +11,11 @@ from safetensors.torch import save_file
 from conftest import FAMILIES
 from specdec.chat import detect_chat_format
 from specdec.decode import decode
+from specdec.drafters import MedusaDrafter
 from specdec.eagle import load_eagle
-from specdec.medusa import load_medusa
+from specdec.medusa import MedusaConfig, MedusaHeads, load_medusa
 from specdec.model import ModelArgs, Transformer
 from specdec.sampling import SamplingConfig
-from specdec.drafters import MedusaDrafter
-from specdec.medusa import MedusaConfig, MedusaHeads
 from test_medusa import official_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,5 +1,6 @@
 """Int8 backbones: speculative greedy over an int8 runner equals that runner's plain greedy, the quantised weights
-round-trip through safetensors, the CPU kernels compute what the dequantised weights say, and the memory plan adds up."""
+round-trip through safetensors, the CPU kernels compute what the dequantised weights say, and the memory plan adds
+up."""
 from __future__ import annotations
 
 import importlib.util
@@ -82,7 +83,8 @@ def test_int8_logits_stay_close_to_float(tiny_models, int8_runners, family):
 
 
 def test_drafts_are_accepted_on_an_int8_backbone(int8_runners):
-    taus = [decode(m, p, drafters(m)["ngram"], max_new_tokens=N).stats.tau for m in int8_runners.values() for p in PROMPTS]
+    taus = [decode(m, p, drafters(m)["ngram"], max_new_tokens=N).stats.tau
+            for m in int8_runners.values() for p in PROMPTS]
     assert max(taus) > 2
 
 
@@ -147,7 +149,8 @@ def test_bitsandbytes_vectorwise_int8_backbone_is_lossless(tiny_models):
     model = quantize_model(tiny_models["qwen2"].load(), "bnb-int8", bnb_threshold=0.0)
     assert isinstance(model.layers[0].attention.wqkv, bnb.nn.Linear8bitLt)
     assert model.layers[0].attention.wqkv.weight.dtype == torch.int8
-    assert not isinstance(model.output, bnb.nn.Linear8bitLt) and model.output.weight.dtype == torch.float32  # as transformers
+    # as transformers
+    assert not isinstance(model.output, bnb.nn.Linear8bitLt) and model.output.weight.dtype == torch.float32
     for prompt in PROMPTS:
         plain = decode(model, prompt, max_new_tokens=24).tokens
         for name, drafter in drafters(model).items():
@@ -189,4 +192,5 @@ def test_train_heads_over_an_int8_backbone(tiny_models, tmp_path):
     out = train_heads.main(args_for(tiny, tmp_path, tmp_path / "run", "--quantize", "int8", "--epochs", "1"))
     assert out["step"] == out["total_steps"]
     drafter = MedusaDrafter(model, str(tmp_path / "run" / "heads"), tree=6, min_confidence=0.0)
-    assert decode(model, PROMPTS[0], drafter, max_new_tokens=16).tokens == decode(model, PROMPTS[0], max_new_tokens=16).tokens
+    assert (decode(model, PROMPTS[0], drafter, max_new_tokens=16).tokens
+            == decode(model, PROMPTS[0], max_new_tokens=16).tokens)

@@ -12,7 +12,7 @@ from specdec.decode import decode
 from specdec.drafters import LookaheadConfig, LookaheadDrafter, make_drafter
 from specdec.drafters.base import DecodeState
 from specdec.drafters.lookahead import NgramPool
-from test_decode import N, PROMPTS, check_stats, reference
+from test_decode import PROMPTS, N, check_stats, reference
 
 HYP = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -40,7 +40,8 @@ def state_for(tokens: list[int]) -> DecodeState:
     always_window=st.booleans(),
     max_new=st.integers(1, N),
 )
-def test_lookahead_is_lossless(tiny_models, runners, family, p, window, ngram, guesses, pool_keys, always_window, max_new):
+def test_lookahead_is_lossless(tiny_models, runners, family, p, window, ngram, guesses, pool_keys, always_window,
+                               max_new):
     cfg = LookaheadConfig(window=window, ngram=ngram, guesses=guesses, pool_keys=pool_keys, always_window=always_window)
     drafter = LookaheadDrafter(cfg)
     res = decode(runners[family], PROMPTS[p], drafter, max_new_tokens=max_new)

@@ -46,7 +46,8 @@ def test_running_accuracy_scores_later_lookups():
     # the backbone accepted 13 14 and then said 9: depths 1-2 right, depth 3 wrong, depth 4 never reached
     branch.update(DecodeState(tokens=CONTEXT + [13, 14, 9], prompt_len=7, hidden=torch.zeros(3, 4)))
     assert branch.tries[2] == [1, 1, 1, 0] and branch.hits[2] == [1, 1, 0, 0] and branch.chain is None
-    _, _, scores = branch.unite(CONTEXT + [13, 14, 9, 11, 12], torch.tensor([99]), torch.tensor([-1]), torch.tensor([-3.0]))
+    _, _, scores = branch.unite(CONTEXT + [13, 14, 9, 11, 12], torch.tensor([99]), torch.tensor([-1]),
+                                torch.tensor([-3.0]))
     per_depth = [math.log(2 / 3), math.log(2 / 3), math.log(1 / 3), math.log(1 / 2)]
     assert scores[1:].tolist() == pytest.approx([sum(per_depth[: d + 1]) for d in range(4)])
 
@@ -60,7 +61,8 @@ def test_no_match_leaves_the_candidates_alone():
 @pytest.mark.parametrize("cost,size", [(None, 5), ([1.0] * 6, 5), ([1.0, 1.0, 1.0, 10.0, 10.0, 10.0], 3),
                                        ([1.0, 10.0, 10.0, 10.0, 10.0, 10.0], 1)])
 def test_best_tree_keeps_the_prefix_worth_its_cost(cost, size):
-    tokens, parents, scores = torch.tensor([5, 6, 7, 8]), torch.tensor([-1, 0, 1, -1]), torch.tensor([-0.1, -0.2, -0.3, -3.0])
+    tokens, parents, scores = (torch.tensor([5, 6, 7, 8]), torch.tensor([-1, 0, 1, -1]),
+                               torch.tensor([-0.1, -0.2, -0.3, -3.0]))
     tree = best_tree(4, tokens, parents, scores, 4, None if cost is None else torch.tensor(cost))
     assert tree.shape.size == size and tree.tokens[0] == 4
     assert tree.tokens.tolist()[:size] == [4, 5, 6, 7, 8][:size] and list(tree.shape.parents) == [-1, 0, 1, 2, 0][:size]

@@ -27,7 +27,8 @@ def test_every_kind_has_drafter_defaults():
 
 
 def test_cost_curve_interpolates_and_is_flat_past_the_last_point():
-    assert cost_curve({1: 1.0, 4: 1.6, 8: 2.0}, 10).tolist() == pytest.approx([1.0, 1.2, 1.4, 1.6, 1.7, 1.8, 1.9, 2.0, 2.0, 2.0])
+    assert cost_curve({1: 1.0, 4: 1.6, 8: 2.0}, 10).tolist() == pytest.approx(
+        [1.0, 1.2, 1.4, 1.6, 1.7, 1.8, 1.9, 2.0, 2.0, 2.0])
     for points in VERIFY_COST.values():
         assert points[1] == 1.0 and cost_curve(points, 64).shape == (64,)
     assert torch.equal(verify_cost_curve("cpu-bf16", 20, "cpu"), cost_curve(VERIFY_COST["cpu-bf16"], 20))

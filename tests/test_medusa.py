@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import FAMILIES, VOCAB
-from test_decode import PROMPTS
 from specdec.decode import decode
 from specdec.drafters import DecodeState, MedusaDrafter, NgramConfig, make_drafter
 from specdec.medusa import MedusaConfig, MedusaHeads, load_medusa, save_medusa
 from specdec.tree import sparse_tree
+from test_decode import PROMPTS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 HYP = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -32,7 +32,8 @@ def runners(tiny_models):
 def random_heads(model, num_heads: int, trigram, num_layers: int = 1, seed: int = 0, own: bool = False,
                  draft_vocab: int = 0) -> MedusaHeads:
     torch.manual_seed(seed)
-    heads = MedusaHeads(MedusaConfig(model.args.dim, model.args.vocab_size, num_heads, num_layers, trigram, own, draft_vocab))
+    heads = MedusaHeads(MedusaConfig(model.args.dim, model.args.vocab_size, num_heads, num_layers, trigram, own,
+                                     draft_vocab))
     with torch.no_grad():
         for p in heads.parameters():
             p.normal_(0, 0.3)
@@ -209,8 +210,8 @@ def test_sparse_tree_is_optimal(acc, n):
 
 @HYP
 @given(family=st.sampled_from(FAMILIES), p=st.integers(0, 3), seed=st.integers(0, 10**6), nodes=st.integers(1, 24),
-       trigram=st.lists(st.booleans(), min_size=1, max_size=4), own=st.booleans(), draft_vocab=st.sampled_from([0, 7, 100]),
-       lookup=st.booleans())
+       trigram=st.lists(st.booleans(), min_size=1, max_size=4), own=st.booleans(),
+       draft_vocab=st.sampled_from([0, 7, 100]), lookup=st.booleans())
 def test_random_heads_are_lossless(tiny_models, runners, family, p, seed, nodes, trigram, own, draft_vocab, lookup):
     model = runners[family]
     heads = random_heads(model, len(trigram), trigram, seed=seed, own=own, draft_vocab=draft_vocab)
@@ -222,7 +223,8 @@ def test_random_heads_are_lossless(tiny_models, runners, family, p, seed, nodes,
 @pytest.mark.parametrize("threshold", [0.0, 0.3, 1.01])
 def test_confidence_gate_is_lossless_and_gates(tiny_models, runners, threshold):
     model = runners["qwen2"]
-    drafter = MedusaDrafter(model, random_heads(model, 3, [False, True, True], seed=3), tree=6, min_confidence=threshold)
+    drafter = MedusaDrafter(model, random_heads(model, 3, [False, True, True], seed=3), tree=6,
+                            min_confidence=threshold)
     res = decode(model, PROMPTS[1], drafter, max_new_tokens=32)
     assert res.tokens == tiny_models["qwen2"].greedy(PROMPTS[1], 32)
     assert (max(res.stats.tree_sizes) == 1) == (threshold > 1)

@@ -192,7 +192,8 @@ def test_unsupported_configs():
     with pytest.raises(ValueError, match="gpt2.*not supported"):
         ModelArgs.from_hf({**base, "model_type": "gpt2"})
     dyn = Transformer(ModelArgs.from_hf({**base, "model_type": "llama",
-                                         "rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}}))
+                                         "rope_parameters": {"rope_type": "dynamic", "factor": 2.0,
+                                                             "rope_theta": 1e4}}))
     with pytest.raises(ValueError, match="dynamic"):
         dyn.setup_cache(8)
 
@@ -207,7 +208,8 @@ def test_real_smollm2_logits_match_hf():
     model = load_transformer(path)
     model.setup_cache(128)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    ids = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182, 2, 198, 1]
+    ids = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182, 2,
+           198, 1]
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits[0]
     out = model.forward(torch.tensor(ids))

@@ -1,5 +1,6 @@
 """The real embedded SmolLM2-135M-Instruct in fp32 on MT-Bench first turns: plain, n-gram, lookahead, Medusa
-(shipped heads, plain and trigram) and EAGLE / EAGLE-2 (shipped draft) speculative decoding reproduce transformers' greedy generate token for token."""
+(shipped heads, plain and trigram) and EAGLE / EAGLE-2 (shipped draft) speculative decoding reproduce transformers'
+greedy generate token for token."""
 from __future__ import annotations
 
 import importlib.util

@@ -24,7 +24,7 @@ from specdec.drafters.eagle import EagleDrafter, eagle2
 from specdec.medusa import MedusaConfig, MedusaHeads
 from specdec.sampling import SamplingConfig, sample, target_probs, tree_sample_accept
 from specdec.tree import Tree, TreeShape, shape_from_parents
-from test_decode import OracleTreeDrafter, PROMPTS, reference
+from test_decode import PROMPTS, OracleTreeDrafter, reference
 from test_eagle import random_draft
 from test_eagle3 import random_eagle3
 
@@ -80,7 +80,8 @@ def exact_distribution(hf, prompt: list[int], cfg: SamplingConfig) -> dict[tuple
 
 
 def chi_square_p(counts: Counter, dist: dict[tuple[int, ...], float], n: int) -> float:
-    """Pearson's test of counts against dist, cells with expected count < 5 pooled; 0 if an impossible outcome occurred."""
+    """Pearson's test of counts against dist, cells with expected count < 5 pooled; 0 if an impossible outcome
+    occurred."""
     if any(dist.get(k, 0.0) == 0.0 for k in counts):
         return 0.0
     stat, pooled_obs, pooled_exp, cells = 0.0, 0, 0.0, 0
@@ -223,7 +224,8 @@ def test_sampled_tokens_follow_plain_sampling(small, drafter, config):
 @pytest.mark.parametrize("rule", list(RULES))
 def test_wrong_rules_fail_the_same_test(small, monkeypatch, rule):
     hf, model = small
-    monkeypatch.setattr(sys.modules["specdec.decode"], "tree_sample_accept", RULES[rule])  # the package re-exports decode()
+    # the package re-exports decode()
+    monkeypatch.setattr(sys.modules["specdec.decode"], "tree_sample_accept", RULES[rule])
     cfg = CONFIGS["t1"]
     counts, _ = draw(model, make("oracle-tree", small), cfg)
     p = chi_square_p(counts, exact_distribution(hf, PROMPT, cfg), DRAWS)

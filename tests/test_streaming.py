@@ -53,8 +53,8 @@ def test_transformers_streamers_receive_exactly_the_generated_text(backbone, eag
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
             printed.append(text)
 
-    reply = eagle.generate("Name two planets.", max_new_tokens=20, streamer=Capture(backbone.tokenizer, skip_prompt=True,
-                                                                                    skip_special_tokens=True))
+    reply = eagle.generate("Name two planets.", max_new_tokens=20,
+                           streamer=Capture(backbone.tokenizer, skip_prompt=True, skip_special_tokens=True))
     assert "".join(printed).strip() == reply.text.strip()
     it = TextIteratorStreamer(backbone.tokenizer, skip_prompt=True, skip_special_tokens=True)
     reply = eagle.generate("Name two planets.", max_new_tokens=20, streamer=it)

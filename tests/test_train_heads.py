@@ -87,7 +87,8 @@ def test_recorded_backbone_targets_are_the_default_labels(tmp_path):
     # teacher-forced ShareGPT records carry the backbone's argmax per answer position as "target"
     prompt, answer, target = [5, 6, 7], [8, 9, 10, 11, 12], [20, 21, 22, 23, 24]
     rows = [torch.randn(len(prompt) + len(answer) - 1, 4)]
-    append_records(tmp_path / "d.jsonl", "a.safetensors", [{"id": "x", "prompt": prompt, "answer": answer, "target": target}], rows)
+    append_records(tmp_path / "d.jsonl", "a.safetensors",
+                   [{"id": "x", "prompt": prompt, "answer": answer, "target": target}], rows)
     backbone = head_data(tmp_path / "d.jsonl", 2)
     text = head_data(tmp_path / "d.jsonl", 2, labels="data")
     # position t = 2 (last prompt token): head 0 predicts the token after t + 1, head 1 the one after t + 2
@@ -102,7 +103,8 @@ def test_greedy_path_labels_stop_where_the_text_leaves_the_backbones_choices(tmp
     # after 9 the backbone would say 30, the text says 10: labels at or past that point are not drafting's
     prompt, answer, target = [5, 6, 7], [8, 9, 10, 11, 12], [8, 9, 30, 11, 12]
     rows = [torch.randn(len(prompt) + len(answer) - 1, 4)]
-    append_records(tmp_path / "d.jsonl", "a.safetensors", [{"id": "x", "prompt": prompt, "answer": answer, "target": target}], rows)
+    append_records(tmp_path / "d.jsonl", "a.safetensors",
+                   [{"id": "x", "prompt": prompt, "answer": answer, "target": target}], rows)
     data = head_data(tmp_path / "d.jsonl", 2, labels="greedy-path")
     assert data.labels.tolist() == [[9, 30], [30, -100], [12, -100]]
     assert torch.equal(data.hidden, rows[0][[2, 3, 5]].half())  # position 4 (token 9 -> 10) is off the path
@@ -114,7 +116,8 @@ def test_loss_falls_and_eval_reports_every_head(distilled, tmp_path):
     out = train_heads.main(args_for(tiny, root, tmp_path / "run", "--epochs", "4", "--lr", "1e-2", "--trigram", "0"))
     first, last = (sum(map(sum, out["losses"][s])) / 3 for s in (slice(0, 3), slice(-3, None)))
     assert last < 0.8 * first
-    assert len(out["eval"]["top1"]) == 3 and all(0 <= a <= b <= 1 for a, b in zip(out["eval"]["top1"], out["eval"]["top5"]))
+    assert len(out["eval"]["top1"]) == 3 and all(0 <= a <= b <= 1
+                                                 for a, b in zip(out["eval"]["top1"], out["eval"]["top5"]))
     heads, meta = load_medusa(tmp_path / "run" / "heads", model)
     assert heads.config.trigram == [True, False, False] and "train_heads.py" in meta["train"]["command"]
 
@@ -122,10 +125,12 @@ def test_loss_falls_and_eval_reports_every_head(distilled, tmp_path):
 def test_resume_after_a_kill_gives_the_same_heads(distilled, tmp_path):
     tiny, model, root, _ = distilled
     whole = train_heads.main(args_for(tiny, root, tmp_path / "whole", "--epochs", "2", "--draft-vocab", "200"))
-    part = train_heads.main(args_for(tiny, root, tmp_path / "cut", "--epochs", "2", "--draft-vocab", "200", "--max-steps", "3"))
+    part = train_heads.main(args_for(tiny, root, tmp_path / "cut", "--epochs", "2", "--draft-vocab", "200",
+                                     "--max-steps", "3"))
     assert part["step"] == 3  # not a save step (every 2): the stop itself saves a checkpoint and usable heads
     assert load_medusa(tmp_path / "cut" / "heads", model)[1]["train"]["complete"] is False
-    rest = train_heads.main(args_for(tiny, root, tmp_path / "cut", "--epochs", "2", "--draft-vocab", "200"))  # at step 3
+    # at step 3
+    rest = train_heads.main(args_for(tiny, root, tmp_path / "cut", "--epochs", "2", "--draft-vocab", "200"))
     assert rest["step"] == whole["step"] and len(rest["losses"]) == whole["step"] - 3
     assert torch.allclose(torch.tensor(rest["losses"]), torch.tensor(whole["losses"][3:]), rtol=1e-5)
     a, _ = load_medusa(tmp_path / "whole" / "heads", model)
@@ -204,7 +209,8 @@ def test_eagle_resume_after_a_kill_gives_the_same_draft(distilled, tmp_path):
 
 def test_init_continues_from_saved_weights_and_eagle_trains_steps_ahead(distilled, tmp_path):
     tiny, model, root, _ = distilled
-    medusa = train_heads.main(args_for(tiny, root, tmp_path / "m", "--epochs", "3", "--lr", "1e-2", "--draft-vocab", "200"))
+    medusa = train_heads.main(args_for(tiny, root, tmp_path / "m", "--epochs", "3", "--lr", "1e-2",
+                                       "--draft-vocab", "200"))
     again = train_heads.main(args_for(tiny, root, tmp_path / "m2", "--epochs", "1", "--num-heads", "5",
                                       "--init", str(tmp_path / "m" / "heads")))
     assert sum(again["losses"][0]) < 0.8 * sum(medusa["losses"][0])  # starts where the first run ended

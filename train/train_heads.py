@@ -1,6 +1,7 @@
-"""Train draft heads on a frozen backbone from cached hidden states (train/gen_distill.py makes them).
+r"""Train draft heads on a frozen backbone from cached hidden states (train/gen_distill.py makes them).
 
-    python train/train_heads.py --head medusa --data data/distill_train.jsonl --eval-data data/distill_heldout.jsonl --out runs/medusa
+    python train/train_heads.py --head medusa --data data/distill_train.jsonl --eval-data data/distill_heldout.jsonl \
+        --out runs/medusa
     torchrun --nproc_per_node=2 train/train_heads.py --head medusa --trigram all ...
     python train/train_heads.py --head eagle --data ... --out runs/eagle   # EAGLE draft layer (feature + token loss)
     python train/train_heads.py --head eagle3 --data ... --out runs/eagle3 # EAGLE-3 (fused layers, training-time test)
@@ -53,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--labels", choices=LABELS, default="backbone",
                    help="backbone: its own next tokens (self-distillation); greedy-path: those only where the text "
-                        "follows the backbone's own choices (for teacher-forced ShareGPT replies); data: the text's tokens")
+                        "follows the backbone's own choices (for teacher-forced ShareGPT replies); "
+                        "data: the text's tokens")
     p.add_argument("--num-heads", type=int, default=4)
     p.add_argument("--num-layers", type=int, default=1)
     p.add_argument("--trigram", default="none", help="'none', 'all' or head indices like 0,1")
@@ -71,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "features are computed anyway; the targets stay the backbone's own distribution)")
     p.add_argument("--eval-depth", type=int, default=5, help="eagle: tokens drafted ahead in evaluation")
     p.add_argument("--rollout-steps", type=int, default=None,
-                   help="eagle, eagle3: also train on drafting 2..N tokens ahead from the draft's own features (EAGLE-3's "
+                   help="eagle, eagle3: also train on drafting 2..N tokens ahead from the draft's own features "
+                        "(EAGLE-3's "
                         "training-time test); 1: teacher forcing only (default 1; eagle3 7, EAGLE-3's)")
     p.add_argument("--init", default=None,
                    help="start from these saved heads / draft ('medusa', 'eagle', ... for the shipped ones); their "
@@ -92,16 +95,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="fp32", help="backbone weights (embeddings and lm_head) dtype")
     p.add_argument("--device", default=None)
     p.add_argument("--quantize", choices=("int8", "bnb-int8"), default=None,
-                   help="train over the frozen int8 backbone: weight-only int8 (lm_head included) or bitsandbytes LLM.int8")
-    p.add_argument("--load-in-8bit", dest="quantize", action="store_const", const="bnb-int8", help="= --quantize bnb-int8")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this run (rerun to go on)")
+                   help="train over the frozen int8 backbone: weight-only int8 (lm_head included) "
+                        "or bitsandbytes LLM.int8")
+    p.add_argument("--load-in-8bit", dest="quantize", action="store_const", const="bnb-int8",
+                   help="= --quantize bnb-int8")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many steps in this run (rerun to go on)")
     p.add_argument("--minutes", type=float, default=None,
                    help="time budget of the training steps: after the first steps a fresh run shortens itself (and its "
                         "cosine schedule) to end within it; never longer than --epochs")
     p.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto",
                    help="bf16 autocast of the heads' matmuls (weights and optimizer stay fp32); auto: on CUDA and on "
                         "CPUs with native bf16 (1.5x an EAGLE-3 step on an AVX512-BF16 EPYC), else off")
-    p.add_argument("--max-grad-norm", type=float, default=0.0, help="clip gradients to this norm (0: off; EAGLE uses 0.5)")
+    p.add_argument("--max-grad-norm", type=float, default=0.0,
+                   help="clip gradients to this norm (0: off; EAGLE uses 0.5)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
     eagle, eagle3 = args.head in ("eagle", "eagle3"), args.head == "eagle3"
@@ -233,8 +240,8 @@ def medusa_task(args: argparse.Namespace, model: Transformer, device: torch.devi
     eval_data = head_data(args.eval_data, args.num_heads, args.eval_positions) if args.eval_data else None
     if not args.init:
         heads = MedusaHeads(MedusaConfig(model.args.dim, model.args.vocab_size, args.num_heads, args.num_layers,
-                                         trigram_flags(args.trigram, args.num_heads), args.own_lm_head, args.draft_vocab,
-                                         args.trigram_tokens))
+                                         trigram_flags(args.trigram, args.num_heads), args.own_lm_head,
+                                         args.draft_vocab, args.trigram_tokens))
         if args.draft_vocab:
             heads.vocab_ids.copy_(frequent_tokens(data.labels[:, 0], args.draft_vocab))
         heads.init_lm_heads(model.output.weight.float().cpu())
@@ -245,7 +252,8 @@ def medusa_task(args: argparse.Namespace, model: Transformer, device: torch.devi
         logits = trainable(data.hidden[micro].to(device, torch.float32), data.context[micro].to(device), embed, lm_head)
         return head_losses(logits, draft_labels(data.labels[micro].to(device), heads, model.args.vocab_size))
 
-    return Task(heads, len(data), torch.tensor([args.loss_decay**i for i in range(args.num_heads)], device=device), losses,
+    return Task(heads, len(data), torch.tensor([args.loss_decay**i for i in range(args.num_heads)], device=device),
+                losses,
                 lambda: evaluate(heads, eval_data, embed, heads.draft_lm_head(model.output.weight), args.micro_batch),
                 lambda path, extra: save_medusa(path, heads, model, extra))
 
@@ -310,7 +318,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
-    device = torch.device(args.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device
+                          or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"))
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     main_rank = rank == 0
@@ -354,7 +363,8 @@ def main(argv: list[str] | None = None) -> dict:
             batch = order[within * per_step : (within + 1) * per_step]
             batch = batch.view(args.grad_accum, world, args.micro_batch)[:, rank]
             losses = torch.zeros(len(task.weights), device=device)
-            torch.manual_seed(args.seed * 1_000_003 + step)  # per-step randomness (EAGLE's noise): a resumed run repeats it
+            # per-step randomness (EAGLE's noise): a resumed run repeats it
+            torch.manual_seed(args.seed * 1_000_003 + step)
             for micro in batch:
                 with autocast:
                     parts = task.losses(trainable, micro)
@@ -371,7 +381,8 @@ def main(argv: list[str] | None = None) -> dict:
             if timed and step == TIMING_START + TIMING_STEPS:  # first steps warm caches up: time the ones after them
                 timed = False
                 now = time.perf_counter()
-                fitted = fitted_total(step, total, (now - timing_from) / TIMING_STEPS, args.minutes * 60 - (now - started))
+                fitted = fitted_total(step, total, (now - timing_from) / TIMING_STEPS,
+                                      args.minutes * 60 - (now - started))
                 if world > 1:  # every rank must stop at the same step
                     fitted_t = torch.tensor([fitted], device=device)
                     dist.all_reduce(fitted_t, op=dist.ReduceOp.MIN)

@@ -32,7 +32,8 @@ def drafter_factory(name: str) -> Callable[..., Drafter]:
 
 def drafter_names() -> list[str]:
     """Every drafter name: the registry's, then "+lookup" for those that score their candidates."""
-    return list(DRAFTERS) + [n + LOOKUP_SUFFIX for n, f in DRAFTERS.items() if "lookup" in inspect.signature(f).parameters]
+    return list(DRAFTERS) + [n + LOOKUP_SUFFIX for n, f in DRAFTERS.items()
+                             if "lookup" in inspect.signature(f).parameters]
 
 
 def drafter_options(name: str) -> set[str]:
@@ -66,4 +67,6 @@ def make_drafter(name: str, model: Transformer | None = None, **options) -> Draf
     return factory(**options)
 
 
-__all__ = ["DRAFTERS", "DecodeState", "Drafter", "EagleDrafter", "eagle2", "eagle3", "MedusaDrafter", "LookaheadConfig", "LookaheadDrafter", "NgramConfig", "NgramDrafter", "NoDrafter", "drafter_factory", "drafter_names", "drafter_options", "make_drafter"]
+__all__ = ["DRAFTERS", "DecodeState", "Drafter", "EagleDrafter", "eagle2", "eagle3", "MedusaDrafter", "LookaheadConfig",
+           "LookaheadDrafter", "NgramConfig", "NgramDrafter", "NoDrafter", "drafter_factory", "drafter_names",
+           "drafter_options", "make_drafter"]

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from specdec.drafters.base import DecodeState, Drafter, root_only
-from specdec.drafters.medusa import head_tree
 from specdec.drafters.lookup import best_tree, lookup_branch
+from specdec.drafters.medusa import head_tree
 from specdec.drafters.ngram import NgramConfig
 from specdec.eagle import Draft, load_eagle
 from specdec.eagle3 import Eagle3Draft
@@ -48,7 +48,8 @@ class EagleDrafter(Drafter):
         device = model.output.weight.device
         kind = machine_kind(model.tok_embeddings.weight)
         self.model = model
-        if isinstance(draft, torch.nn.Module):  # a copy: packing its linears must not touch a module still being trained
+        # a copy: packing its linears must not touch a module still being trained
+        if isinstance(draft, torch.nn.Module):
             self.draft, meta = copy.deepcopy(draft).requires_grad_(False), {}
         else:
             self.draft, meta = load_eagle(draft, model)
@@ -127,7 +128,8 @@ class EagleDrafter(Drafter):
         self.length += n
         self.last = out[-1:]
 
-    def _expand(self, feats: Tensor, tokens: Tensor, parent_slots: Tensor, written: int, depth: int) -> tuple[Tensor, Tensor]:
+    def _expand(self, feats: Tensor, tokens: Tensor, parent_slots: Tensor, written: int,
+                depth: int) -> tuple[Tensor, Tensor]:
         """Draft one tree level: rows (parent feature, token) at slots written.. ; returns their log-probs."""
         n, device = tokens.shape[0], tokens.device
         rows = self.anc[parent_slots.clamp(min=0)] & (parent_slots >= 0)[:, None]
@@ -205,7 +207,8 @@ def eagle2(model: Transformer, draft: str | Path | Draft = "eagle", depth: int |
     """EAGLE-2's dynamic trees from a draft model (lookup: with a prompt-lookup branch); named "eagle3" when the
     draft is an EAGLE-3 one."""
     drafter = EagleDrafter(model, draft, "dynamic", depth, top_k, total_tokens, verify_cost, lookup)
-    drafter.name = ("eagle3" if isinstance(drafter.draft, Eagle3Draft) else "eagle2") + ("+lookup" if drafter.lookup else "")
+    drafter.name = (("eagle3" if isinstance(drafter.draft, Eagle3Draft) else "eagle2")
+                    + ("+lookup" if drafter.lookup else ""))
     return drafter
 
 

@@ -50,7 +50,8 @@ class LookupBranch:
                 self.hits[n][depth] += 1
             self.chain = None
 
-    def unite(self, context: list[int], tokens: Tensor, parents: Tensor, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def unite(self, context: list[int], tokens: Tensor, parents: Tensor,
+              scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Candidates (tokens, parent candidate or -1, path log-probability; parents first) plus the continuation."""
         found = self.ngram.continuations(context)
         if not found:

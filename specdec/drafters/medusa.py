@@ -35,14 +35,16 @@ def head_tree(tree: str | int | list, meta: dict, num_heads: int, vocab: int, ki
         if max(len(c) for c in choices) > num_heads:
             raise ValueError(f"tree spec is {max(len(c) for c in choices)} deep but there are only {num_heads} heads")
         if max(max(c) for c in choices) >= vocab:
-            raise ValueError(f"tree spec asks for rank {max(max(c) for c in choices)} of a {vocab}-token draft vocabulary")
+            raise ValueError(f"tree spec asks for rank {max(max(c) for c in choices)} "
+                             f"of a {vocab}-token draft vocabulary")
         return choices
     if isinstance(tree, str) and tree.isdigit():
         tree = int(tree)
     if tree == "auto":
         tree = TREE_NODES[kind]
     if not isinstance(tree, int) or tree < 1:
-        raise ValueError(f"unknown tree spec {tree!r}: use 'auto', a node count, or a choice list like [[0], [1], [0, 0]]")
+        raise ValueError(f"unknown tree spec {tree!r}: "
+                         "use 'auto', a node count, or a choice list like [[0], [1], [0, 0]]")
     return sparse_tree([row[:vocab] for row in rank_accuracies(meta, num_heads)], tree)
 
 
@@ -109,8 +111,9 @@ class MedusaDrafter(Drafter):
         return Tree(tokens, self.shape)
 
 
-def medusa_trigram(model: Transformer, heads: str | Path | MedusaHeads = "medusa-trigram", tree: str | int | list = "auto",
-                   min_confidence: float = 0.0, lookup: bool | NgramConfig = False) -> MedusaDrafter:
+def medusa_trigram(model: Transformer, heads: str | Path | MedusaHeads = "medusa-trigram",
+                   tree: str | int | list = "auto", min_confidence: float = 0.0,
+                   lookup: bool | NgramConfig = False) -> MedusaDrafter:
     """The trigram-conditioned variant with its shipped heads by default."""
     drafter = MedusaDrafter(model, heads, tree, min_confidence, lookup)
     drafter.name = "medusa-trigram+lookup" if drafter.lookup else "medusa-trigram"
