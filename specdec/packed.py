@@ -1,9 +1,8 @@
 """CPU linears with their weights packed once into oneDNN's blocked layout, as torch.compile's CPU freezing pass does.
 
 A plain nn.Linear on a CPU hands oneDNN a row-major weight, which it reorders on every call; for SmolLM2's small
-matrices that reorder costs as much as the product. Packing once made SmolLM2's decode step of 1 token 1.4x and of 8
-tree nodes 1.6x faster in bf16 on a 2-core AVX512-BF16 EPYC, 1.6x and 2.0x in fp32 (`scripts/bench_runner.py` times
-both runners).
+matrices that reorder costs as much as the product (`scripts/bench_runner.py` times both runners; results/README.md,
+"Runner cost").
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The real embedded SmolLM2-135M-Instruct in fp32 on MT-Bench first turns: plain, n-gram, lookahead, Medusa
-(shipped heads, plain and trigram) and EAGLE / EAGLE-2 (shipped draft) speculative decoding reproduce transformers'
-greedy generate token for token."""
+(shipped heads, plain and trigram) and EAGLE / EAGLE-2 / EAGLE-3 (shipped drafts) speculative decoding reproduce
+transformers' greedy generate token for token."""
 from __future__ import annotations
 
 import importlib.util
@@ -13,7 +13,7 @@ import torch
 from conftest import load_script
 from specdec.backbone import load_backbone
 from specdec.decode import decode
-from specdec.drafters import EagleDrafter, LookaheadDrafter, MedusaDrafter, NgramDrafter, eagle2
+from specdec.drafters import EagleDrafter, LookaheadDrafter, MedusaDrafter, NgramDrafter, eagle2, eagle3
 from specdec.drafters.lookahead import LookaheadConfig
 from specdec.train_data import read_records, records_with_hidden
 from specdec.verify_step import VerifyStep
@@ -113,12 +113,17 @@ def test_medusa_with_shipped_heads_equals_hf_generate(smol, cases, variant):
     assert_greedy_with_tau(smol, cases, lambda: drafter, f"shipped {variant} heads", 1.15)
 
 
-@pytest.mark.parametrize("variant", ["eagle", "eagle2", "eagle2+lookup"])
+@pytest.mark.parametrize("variant", ["eagle", "eagle2", "eagle2+lookup", "eagle3", "eagle3+lookup"])
 def test_eagle_with_shipped_draft_equals_hf_generate(smol, cases, variant):
     # verify_cost={}: never cut the tree to a plain step, so the draft itself is measured
     lookup = variant.endswith("+lookup")
-    drafter = eagle2(smol.model, verify_cost={}, lookup=lookup) if variant.startswith("eagle2") else \
-        EagleDrafter(smol.model, verify_cost={})
+    if variant.startswith("eagle3"):
+        drafter = eagle3(smol.model, verify_cost={}, lookup=lookup)
+        assert drafter.hidden_layers == (1, 14, 26)  # EAGLE-3's fused layers 2, 15, 27 of 30
+    elif variant.startswith("eagle2"):
+        drafter = eagle2(smol.model, verify_cost={}, lookup=lookup)
+    else:
+        drafter = EagleDrafter(smol.model, verify_cost={})
     assert_greedy_with_tau(smol, cases, lambda: drafter, f"shipped {variant} draft", 1.3)
 
 

@@ -29,8 +29,7 @@ from specdec.packed import pack_linears
 from specdec.tree import Tree, parents_from_choices
 
 # EAGLE-2 tree (depth, top_k, total_tokens) and EAGLE-1 static nodes per machine kind: the paper's GPU setting, small
-# ones for a 2-core CPU with packed linears (8 held-aside MT-Bench answers, bf16: EAGLE-2 3/4/12 1.48x plain, 4/4/16
-# 1.38x, 5/4/16 1.29x, 5/6/32 1.32x; static 11/15/23 nodes 1.37x/1.32x/1.28x; fp32: 3/4/12 1.43x, 5/4/16 1.31x).
+# ones for a 2-core CPU with packed linears (how they were chosen: results/README.md, "Drafter defaults").
 DYNAMIC = {"cpu-fp32": (3, 4, 12), "cpu-bf16": (3, 4, 12), "cuda": (6, 10, 60)}
 STATIC_NODES = {"cpu-fp32": 11, "cpu-bf16": 11, "cuda": 63}
 STATIC_DEPTH = 5

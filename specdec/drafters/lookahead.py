@@ -45,9 +45,8 @@ class LookaheadConfig:
 
     @classmethod
     def for_machine(cls, kind: str) -> "LookaheadConfig":
-        """By specdec.machine kind: the GPU setting on CUDA, else the CPU defaults (8 held-aside MT-Bench answers, bf16:
-        W3 N3 G8 1.27x plain, W3 N4 G6 1.16x, W4 N4 G6 1.15x, W6 N4 G8 1.06x; fp32: W3 N3 G8 always 1.38x vanilla,
-        W3 N4 G6 window only on a pool match 1.30x)."""
+        """By specdec.machine kind: the GPU setting on CUDA, else the CPU defaults (results/README.md, "Drafter
+        defaults")."""
         return cls.gpu() if kind == "cuda" else cls()
 
 

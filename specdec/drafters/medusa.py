@@ -17,9 +17,8 @@ from specdec.model import Transformer
 from specdec.packed import linear_fn, pack_linears
 from specdec.tree import Tree, parents_from_choices, parse_choices, shape_from_parents, sparse_tree
 
-# Drafted nodes per tree, by machine kind (specdec.machine). On a CPU with packed linears 8 nodes cost about one token
-# (cpu-bf16, 8 held-aside MT-Bench answers, shipped trigram heads: 7 nodes 1.23x plain, 11 nodes 1.16x, 15 nodes 1.05x;
-# cpu-fp32: 7 nodes 1.35x plain, tau 1.62). GPU: Medusa's 63 nodes, verification is ~free.
+# Drafted nodes per tree, by machine kind (specdec.machine): on a CPU with packed linears 8 nodes cost about one
+# token, on a GPU verification is ~free (Medusa's 63). How they were chosen: results/README.md, "Drafter defaults".
 TREE_NODES = {"cpu-fp32": 7, "cpu-bf16": 7, "cuda": 63}
 # Per-rank accuracies assumed for heads that carry no measured ones (official checkpoints).
 PRIOR_TOP = (0.60, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01, 0.01, 0.01)

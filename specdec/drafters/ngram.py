@@ -15,8 +15,8 @@ from specdec.tree import Tree, shape_from_parents
 class NgramConfig:
     """Match suffixes of max_ngram..min_ngram tokens; up to max_branches continuations of draft_len tokens.
 
-    Defaults: an fp32 CPU (8 held-aside MT-Bench answers, packed runner: min_ngram 2 1.44x plain, 1 1.36x); a bf16 CPU
-    takes one-token matches and shorter drafts (`for_machine`).
+    Defaults: an fp32 CPU; a bf16 CPU takes one-token matches and shorter drafts (`for_machine`; how they were chosen:
+    results/README.md, "Drafter defaults").
     """
 
     max_ngram: int = 3
@@ -33,8 +33,7 @@ class NgramConfig:
 
     @classmethod
     def for_machine(cls, kind: str) -> "NgramConfig":
-        """By specdec.machine kind; cpu-bf16 (8 held-aside MT-Bench answers): min_ngram 1, draft_len 6, 8 nodes 1.40x
-        plain, the defaults 1.28x, min_ngram 1 with the default lengths 1.35x, min_ngram 2 with 8 nodes 1.33x."""
+        """By specdec.machine kind: cpu-bf16 drafts from one-token matches, 6 tokens, 8 nodes at most."""
         return cls(min_ngram=1, draft_len=6, max_nodes=8) if kind == "cpu-bf16" else cls()
 
 
