@@ -249,11 +249,17 @@ def test_multi_step_training_reads_what_drafting_reads(runners, steps):
     lengths = [9, 4, 12]
     data = SequenceData([torch.randn(n - 1, model.args.dim, generator=g) for n in lengths],
                         [torch.randint(0, model.args.vocab_size, (n,), generator=g) for n in lengths], [3, 2, 5])
+    assert_rollouts_match_drafting(model, draft, data, steps)
+
+
+def assert_rollouts_match_drafting(model, draft, data: SequenceData, steps: int) -> None:
+    """rollout_outputs over the packed conversations == drafting from every anchor one step at a time over a cache of
+    teacher-forced entries (the data's fused layers for an EAGLE-3 draft), then the draft's own outputs."""
     batch = pack(data, [0, 1, 2], torch.device("cpu"), torch.float32)
     embed, cos, sin = model.tok_embeddings.weight, model.rope_cos, model.rope_sin
     outputs = rollout_outputs(draft, batch, embed, cos, sin, steps, noise=0.0)
     row = 0
-    for f, ids in zip(data.hidden, data.tokens):
+    for f, ids in zip(data.aux or data.hidden, data.tokens):
         n = len(ids) - 2
         for j in range(n):  # anchor j: teacher-forced entries 0..j, then the draft's own outputs
             kv = draft.new_cache(n + steps)

@@ -20,8 +20,7 @@ from specdec.drafters.ngram import NgramConfig
 from specdec.eagle import load_eagle, save_eagle
 from specdec.eagle3 import Eagle3Config, Eagle3Draft, default_aux_layers, official_state
 from specdec.train_data import SequenceData
-from specdec.train_eagle import pack, rollout_outputs
-from test_eagle import PROMPTS
+from test_eagle import PROMPTS, assert_rollouts_match_drafting
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 HYP = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -221,21 +220,4 @@ def test_training_time_test_reads_what_drafting_reads(runners, steps):
     data = SequenceData([torch.randn(n - 1, d, generator=g) for n in lengths],
                         [torch.randint(0, model.args.vocab_size, (n,), generator=g) for n in lengths], [3, 2, 5],
                         aux=[torch.randn(n - 1, 2 * d, generator=g) for n in lengths])
-    batch = pack(data, [0, 1, 2], torch.device("cpu"), torch.float32)
-    embed, cos, sin = model.tok_embeddings.weight, model.rope_cos, model.rope_sin
-    outputs = rollout_outputs(draft, batch, embed, cos, sin, steps, noise=0.0)
-    row = 0
-    for f, ids in zip(data.aux, data.tokens):
-        n = len(ids) - 2
-        for j in range(n):
-            kv = draft.new_cache(n + steps)
-            pos = torch.arange(j + 1)
-            h = draft(f[: j + 1], ids[1 : j + 2], embed, cos[pos], sin[pos], kv, 0, None)[-1:]
-            torch.testing.assert_close(h, outputs[0][0][row + j : row + j + 1])
-            for s in range(2, steps + 1):
-                if j + s - 1 >= n:
-                    break
-                p = torch.tensor([j + s - 1])
-                h = draft(h, ids[j + s : j + s + 1], embed, cos[p], sin[p], kv, j + s - 1, None)
-                torch.testing.assert_close(h, outputs[s - 1][0][row + j + s - 1 : row + j + s], atol=1e-5, rtol=1e-4)
-        row += n
+    assert_rollouts_match_drafting(model, draft, data, steps)
