@@ -122,22 +122,27 @@ class SpecModel:
         else:
             ids = self.backbone.encode_chat(prompt)
         stop = (stop,) if isinstance(stop, str) else tuple(stop)
-        stream = TextStream(self.backbone.tokenizer, on_text, stop)
+        tok = self.backbone.tokenizer
+        # the reply is decoded after every step only for someone who reads it then: a callback or a stop string
+        stream = TextStream(tok, on_text, stop) if on_text is not None or stop else None
         if streamer is not None:
             streamer.put(torch.tensor([ids]))
 
         def on_tokens(new: list[int]) -> bool:
             if streamer is not None:
                 streamer.put(torch.tensor(new))
-            return stream(new)
+            return stream is not None and stream(new)
 
         sampling = SamplingConfig(temperature, top_p, top_k, seed, lossy_typical_acceptance)
         try:
-            res = decode(self.backbone.model, ids, self.drafter, max_new_tokens, self.backbone.stop_ids, on_tokens,
+            res = decode(self.backbone.model, ids, self.drafter, max_new_tokens, self.backbone.stop_ids,
+                         on_tokens if stream is not None or streamer is not None else None,
                          sampling=sampling, step=self.step)
         finally:
             if streamer is not None:
                 streamer.end()
+        if stream is None:
+            return Generation(tok.decode(res.tokens, skip_special_tokens=True), res.tokens, res.stats)
         stream.end()
         return Generation(stream.text, res.tokens, res.stats)
 
