@@ -28,15 +28,15 @@ def _use_triton(x: Tensor) -> bool:
 
 
 def greedy_accept(tokens: Tensor, target: Tensor, paths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Longest accepted root-to-leaf prefix and its bonus token; see greedy_accept_torch."""
+    """Per row: the longest accepted root-to-leaf prefix and its bonus token; see greedy_accept_torch."""
     if _use_triton(paths):
         return greedy_accept_triton(tokens, target, paths)
     return greedy_accept_torch(tokens, target, paths)
 
 
-def commit_kv(kv: Tensor, start: int, accepted: Tensor) -> None:
-    """Keep the accepted nodes' K/V in place; see commit_kv_torch."""
+def commit_kv(kv: Tensor, starts: Tensor, accepted: Tensor, counts: Tensor) -> None:
+    """Keep each row's accepted nodes' K/V in place; see commit_kv_torch."""
     if _use_triton(kv):
-        commit_kv_triton(kv, start, accepted)
+        commit_kv_triton(kv, starts, accepted, counts)
     else:
-        commit_kv_torch(kv, start, accepted)
+        commit_kv_torch(kv, starts, accepted, counts)

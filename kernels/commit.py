@@ -1,16 +1,23 @@
-"""KV commit: move the accepted tree nodes' keys and values into place after the committed prefix."""
+"""KV commit: move each row's accepted tree nodes' keys and values into place after its committed prefix."""
 from __future__ import annotations
 
 from functools import cache
 
+import torch
 from torch import Tensor
 
 
-def commit_kv_torch(kv: Tensor, start: int, accepted: Tensor) -> None:
-    """kv: [layers, 2, kv_heads, max_len, head_dim]; slot start+i takes slot start+accepted[i] (ascending)."""
-    n = accepted.shape[0]
+def commit_kv_torch(kv: Tensor, starts: Tensor, accepted: Tensor, counts: Tensor) -> None:
+    """kv: [layers, 2, rows, kv_heads, slots, head_dim]; in row r, slot starts[r]+i takes slot starts[r]+accepted[r, i]
+    for i < counts[r] (accepted ascending; entries past counts[r] are ignored)."""
+    rows = torch.arange(kv.shape[2], device=kv.device)[:, None]
+    # entries past a row's count repeat its last move (the same value to the same slot); a row with none copies its
+    # start slot onto itself
+    i = torch.minimum(torch.arange(accepted.shape[1], device=kv.device), (counts[:, None] - 1).clamp(min=0))
+    dst = starts[:, None] + i
+    src = torch.where(counts[:, None] > 0, starts[:, None] + accepted.gather(1, i), dst)
     # advanced indexing copies the source first, so overlapping slots are safe
-    kv[:, :, :, start : start + n] = kv[:, :, :, start + accepted]
+    kv[:, :, rows, :, dst] = kv[:, :, rows, :, src]
 
 
 @cache
@@ -19,26 +26,29 @@ def _commit_kernel():
     import triton
     import triton.language as tl
 
-    # start and n change every step: specializing on them would recompile for each new value class
-    @triton.jit(do_not_specialize=["start", "n"])
-    def kernel(kv_ptr, accepted_ptr, start, n, max_len, head_dim, BLOCK_D: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)  # a long cache overflows int32 offsets
+    @triton.jit
+    def kernel(kv_ptr, starts_ptr, accepted_ptr, counts_ptr, rows, kv_heads, max_len, head_dim, width,
+               BLOCK_D: tl.constexpr):
+        line = tl.program_id(0).to(tl.int64)  # one (layer, k/v, row, head) line; a long cache overflows int32
+        row = (line // kv_heads) % rows
         cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         inside = cols < head_dim
-        base = kv_ptr + (row * max_len + start) * head_dim
+        base = kv_ptr + (line * max_len + tl.load(starts_ptr + row)) * head_dim
         # ascending i: step i writes slot i <= accepted[i] < accepted[j] for all j > i, so no later step reads it
-        for i in range(n):
-            src = tl.load(accepted_ptr + i)
+        for i in range(tl.load(counts_ptr + row)):
+            src = tl.load(accepted_ptr + row * width + i)
             tl.store(base + i * head_dim + cols, tl.load(base + src * head_dim + cols, mask=inside), mask=inside)
 
     return kernel
 
 
-def commit_kv_triton(kv: Tensor, start: int, accepted: Tensor) -> None:
-    """Triton commit, one program per (layer, k/v, head) row and head_dim block; same contract as commit_kv_torch."""
+def commit_kv_triton(kv: Tensor, starts: Tensor, accepted: Tensor, counts: Tensor) -> None:
+    """Triton commit, one program per (layer, k/v, row, head) line and head_dim block; same contract as
+    commit_kv_torch (kv contiguous). Launches without a host sync."""
     import triton
 
-    max_len, head_dim = kv.shape[-2:]
+    rows, kv_heads, max_len, head_dim = kv.shape[2:]
     block = min(triton.next_power_of_2(head_dim), 256)
     grid = (kv.numel() // (max_len * head_dim), triton.cdiv(head_dim, block))
-    _commit_kernel()[grid](kv, accepted, start, accepted.shape[0], max_len, head_dim, BLOCK_D=block)
+    _commit_kernel()[grid](kv, starts, accepted.contiguous(), counts, rows, kv_heads, max_len, head_dim,
+                           accepted.shape[1], BLOCK_D=block)

@@ -125,33 +125,49 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor, start: int | Tensor,
                 mask: Tensor | None) -> Tensor:
+        """x [k, in] after `start` committed slots of kv [2, kv_heads, slots, head_dim]; or a batch of rows:
+        x [R, k, in], kv [2, R, kv_heads, slots, head_dim], start [R, k] each new node's slot, mask [R, 1, k, T]."""
+        q, k, v = self._project(x, cos, sin)
+        if kv.dim() == 5:
+            rows = torch.arange(x.shape[0], device=x.device)[:, None]
+            kv[0][rows, :, start] = k.transpose(1, 2)  # [R, k, kv_heads, head_dim]: row r's node i at start[r, i]
+            kv[1][rows, :, start] = v.transpose(1, 2)
+            span = mask.shape[-1]
+            return self._attend(q, kv[0, :, :, :span], kv[1, :, :, :span], mask, False, x.dtype)
         k_new = x.shape[0]
-        q, k, v = self.wqkv(x).split(
-            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
-        )
-        q = apply_rope(q.view(k_new, self.n_heads, self.head_dim).transpose(0, 1), cos, sin)
-        k = apply_rope(k.view(k_new, self.n_kv_heads, self.head_dim).transpose(0, 1), cos, sin)
-        v = v.view(k_new, self.n_kv_heads, self.head_dim).transpose(0, 1)
         if isinstance(start, Tensor):
             # static shapes (graph capture): write by index, attend over the whole cache, the mask hides the rest
             slots = start + torch.arange(k_new, device=x.device)
             kv[0].index_copy_(1, slots, k)
             kv[1].index_copy_(1, slots, v)
-            keys, values = kv[0].unsqueeze(0), kv[1].unsqueeze(0)
+            keys, values = kv[0], kv[1]
         else:
             end = start + k_new
             kv[0, :, start:end] = k
             kv[1, :, start:end] = v
-            keys, values = kv[0, :, :end].unsqueeze(0), kv[1, :, :end].unsqueeze(0)
-        q = q.unsqueeze(0)
-        if k_new == 1 and x.device.type == "cpu" and x.dtype != torch.float32:
+            keys, values = kv[0, :, :end], kv[1, :, :end]
+        is_causal = mask is None and start == 0 and k_new > 1
+        return self._attend(q[None], keys[None], values[None], mask, is_causal, x.dtype)[0]
+
+    def _project(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v as [..., heads, k, head_dim], rope applied."""
+        *lead, k_new, _ = x.shape
+        q, k, v = self.wqkv(x).split(
+            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
+        )
+        q = apply_rope(q.view(*lead, k_new, self.n_heads, self.head_dim).transpose(-3, -2), cos, sin)
+        k = apply_rope(k.view(*lead, k_new, self.n_kv_heads, self.head_dim).transpose(-3, -2), cos, sin)
+        return q, k, v.view(*lead, k_new, self.n_kv_heads, self.head_dim).transpose(-3, -2)
+
+    def _attend(self, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, is_causal: bool,
+                dtype: torch.dtype) -> Tensor:
+        """q [B, heads, k, head_dim] over keys/values [B, kv_heads, T, head_dim] -> [B, k, dim]."""
+        if q.shape[-2] == 1 and q.device.type == "cpu" and dtype != torch.float32:
             # PyTorch's CPU attention for one bf16 query is 3-5x slower than in fp32 and grows fastest with the cache
             q, keys, values = q.float(), keys.float(), values.float()
-        out = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask, is_causal=mask is None and start == 0 and k_new > 1,
-            enable_gqa=self.n_heads != self.n_kv_heads,
-        )
-        return self.wo(out[0].transpose(0, 1).reshape(k_new, -1).to(x.dtype))
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=is_causal,
+                                             enable_gqa=self.n_heads != self.n_kv_heads)
+        return self.wo(out.transpose(1, 2).flatten(2).to(dtype))
 
 
 class FeedForward(nn.Module):
@@ -194,9 +210,10 @@ class ForwardOut:
 
 
 class Transformer(nn.Module):
-    """A Llama/Mistral/Qwen2 decoder for batch-1 speculative decoding.
+    """A Llama/Mistral/Qwen2 decoder for speculative decoding.
 
-    `forward` writes the new nodes' K/V after the committed prefix; `commit` keeps the accepted ones.
+    `forward` writes one sequence's new nodes' K/V after the committed prefix in self.kv; `commit` keeps the accepted
+    ones. `forward_rows` runs a batch of sequences over a batch cache (specdec.batch).
     """
 
     def __init__(self, args: ModelArgs):
@@ -273,12 +290,24 @@ class Transformer(nn.Module):
                                        hidden_layers)
         return self.output(hidden), hidden, layers
 
+    @torch.no_grad()
+    def forward_rows(self, tokens: Tensor, positions: Tensor, mask: Tensor, kv: Tensor, starts: Tensor,
+                     hidden_layers: tuple[int, ...] = ()) -> ForwardOut:
+        """A batch of rows, each after its own committed prefix: tokens and positions [R, k]; row r's node i is
+        written at slot starts[r] + i of kv [layers, 2, R, kv_heads, slots, head_dim] (a batch cache, not self.kv)
+        and sees the slots mask[r, i] allows (mask [R, k, T]: slots 0..T-1). Logits and hidden states [R, k, ...]."""
+        slots = starts[:, None] + torch.arange(tokens.shape[1], device=tokens.device)
+        cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
+        hidden, layers = self._decoder(tokens, cos, sin, slots, mask.unsqueeze(1), hidden_layers, kv)
+        return ForwardOut(self.output(hidden), hidden, layers)
+
     def _decoder(self, tokens: Tensor, cos: Tensor, sin: Tensor, start: int | Tensor, mask: Tensor | None,
-                 hidden_layers: tuple[int, ...]) -> tuple[Tensor, dict[int, Tensor]]:
+                 hidden_layers: tuple[int, ...], kv: Tensor | None = None) -> tuple[Tensor, dict[int, Tensor]]:
+        kv = self.kv if kv is None else kv
         x = self.tok_embeddings(tokens)
         layers: dict[int, Tensor] = {}
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, self.kv[i], start, mask)
+            x = layer(x, cos, sin, kv[i], start, mask)
             if i in hidden_layers:
                 layers[i] = x
         return self.norm(x), layers
@@ -288,5 +317,8 @@ class Transformer(nn.Module):
         if accepted is None:
             self.length += n_written
             return
-        commit_kv(self.kv, self.length, accepted)
-        self.length += accepted.shape[0]
+        n, device = accepted.shape[0], accepted.device
+        # the one-row case of the batch commit (full() launches a fill, no host-to-device copy)
+        commit_kv(self.kv.unsqueeze(2), torch.full((1,), self.length, device=device), accepted[None],
+                  torch.full((1,), n, device=device))
+        self.length += n

@@ -46,15 +46,39 @@ def trees(draw) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @st.composite
-def commits(draw) -> tuple[Tensor, int, Tensor]:
-    """(kv, start, accepted): a random cache and an ascending accepted subset of a window after start."""
-    max_len = draw(st.integers(1, 40))
-    shape = (draw(st.integers(1, 2)), 2, draw(st.integers(1, 3)), max_len, draw(st.sampled_from([8, 80, 128])))
+def batches(draw) -> tuple[Tensor, Tensor, Tensor]:
+    """(tokens [R, k], target [R, k], paths [R, P, L]): 1-4 random trees padded to one size, as a batch step pads
+    them (padding nodes: token 0; padding paths: all -1)."""
+    rows = [draw(trees()) for _ in range(draw(st.integers(1, 4)))]
+    k = max(t.shape[0] for t, _, _ in rows)
+    P = max(p.shape[0] for _, _, p in rows)
+    L = max(p.shape[1] for _, _, p in rows)
+    dtype = rows[0][0].dtype
+    tokens = torch.zeros(len(rows), k, dtype=dtype)
+    target = torch.zeros(len(rows), k, dtype=dtype)
+    paths = torch.full((len(rows), P, L), -1, dtype=torch.long)
+    for r, (tok, tgt, pth) in enumerate(rows):
+        tokens[r, : tok.shape[0]], target[r, : tgt.shape[0]] = tok, tgt
+        paths[r, : pth.shape[0], : pth.shape[1]] = pth
+    return tokens, target, paths
+
+
+@st.composite
+def commits(draw) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(kv, starts, accepted, counts): a random batch cache and per row an ascending accepted subset of a window
+    after its start, padded with junk past its count."""
+    max_len, n_rows = draw(st.integers(1, 40)), draw(st.integers(1, 3))
+    shape = (draw(st.integers(1, 2)), 2, n_rows, draw(st.integers(1, 3)), max_len, draw(st.sampled_from([8, 80, 128])))
     kv = torch.randn(shape).to(draw(st.sampled_from(DTYPES)))
-    start = draw(st.integers(0, max_len - 1))
-    window = draw(st.integers(1, max_len - start))
-    accepted = sorted(draw(st.sets(st.integers(0, window - 1), min_size=1)))
-    return kv, start, torch.tensor(accepted)
+    starts, chosen = [], []
+    for _ in range(n_rows):
+        start = draw(st.integers(0, max_len - 1))
+        window = draw(st.integers(1, max_len - start))
+        starts.append(start)
+        chosen.append(sorted(draw(st.sets(st.integers(0, window - 1), min_size=1))))
+    width = max(len(c) for c in chosen)
+    accepted = torch.tensor([c + [draw(st.integers(0, 99))] * (width - len(c)) for c in chosen])
+    return kv, torch.tensor(starts), accepted, torch.tensor([len(c) for c in chosen])
 
 
 def naive_accept(tokens: Tensor, target: Tensor, paths: Tensor) -> tuple[int, int, int]:
@@ -69,50 +93,51 @@ def naive_accept(tokens: Tensor, target: Tensor, paths: Tensor) -> tuple[int, in
     return best, best_n, int(target[paths[best, best_n]])
 
 
-def naive_commit(kv: Tensor, start: int, accepted: Tensor) -> Tensor:
-    """A copy of kv with slot start+i taken from the original slot start+accepted[i]."""
+def naive_commit(kv: Tensor, starts: Tensor, accepted: Tensor, counts: Tensor) -> Tensor:
+    """A copy of kv where, in row r, slot start+i is taken from the original slot start+accepted[r, i]."""
     out = kv.clone()
-    for i, a in enumerate(accepted.tolist()):
-        out[..., start + i, :] = kv[..., start + a, :]
+    for r, (start, n) in enumerate(zip(starts.tolist(), counts.tolist())):
+        for i, a in enumerate(accepted[r, :n].tolist()):
+            out[:, :, r, :, start + i] = kv[:, :, r, :, start + a]
     return out
 
 
 @settings(max_examples=300, deadline=None)
-@given(trees())
-def test_accept_torch_matches_naive(tree: tuple[Tensor, Tensor, Tensor]) -> None:
-    best, n, bonus = accept.greedy_accept_torch(*tree)
-    assert (int(best), int(n), int(bonus)) == naive_accept(*tree)
+@given(batches())
+def test_accept_torch_matches_naive(batch: tuple[Tensor, Tensor, Tensor]) -> None:
+    best, n, bonus = accept.greedy_accept_torch(*batch)
+    for r, row in enumerate(zip(*batch)):
+        assert (int(best[r]), int(n[r]), int(bonus[r])) == naive_accept(*row)
 
 
 @settings(max_examples=200, deadline=None)
 @given(commits())
-def test_commit_torch_matches_naive(case: tuple[Tensor, int, Tensor]) -> None:
-    kv, start, accepted = case
-    expected = naive_commit(kv, start, accepted)
-    got = kv.clone()
-    commit.commit_kv_torch(got, start, accepted)
+def test_commit_torch_matches_naive(case: tuple[Tensor, Tensor, Tensor, Tensor]) -> None:
+    expected = naive_commit(*case)
+    got = case[0].clone()
+    commit.commit_kv_torch(got, *case[1:])
     assert torch.equal(got, expected)
 
 
 @needs_triton_device
 @settings(max_examples=200, deadline=None)
-@given(trees())
-def test_accept_triton_matches_torch(tree: tuple[Tensor, Tensor, Tensor]) -> None:
-    got = accept.greedy_accept_triton(*(t.to(TRITON_DEVICE) for t in tree))
-    want = accept.greedy_accept_torch(*tree)
+@given(batches())
+def test_accept_triton_matches_torch(batch: tuple[Tensor, Tensor, Tensor]) -> None:
+    got = accept.greedy_accept_triton(*(t.to(TRITON_DEVICE) for t in batch))
+    want = accept.greedy_accept_torch(*batch)
     for g, w in zip(got, want):
-        assert (g.dim(), g.dtype, g.device.type) == (w.dim(), w.dtype, TRITON_DEVICE)
-        assert g.item() == w.item()
+        assert (g.shape, g.dtype, g.device.type) == (w.shape, w.dtype, TRITON_DEVICE)
+        assert torch.equal(g.cpu(), w)
 
 
 @needs_triton_device
 @settings(max_examples=100, deadline=None)
 @given(commits())
-def test_commit_triton_matches_torch(case: tuple[Tensor, int, Tensor]) -> None:
-    kv, start, accepted = case
+def test_commit_triton_matches_torch(case: tuple[Tensor, Tensor, Tensor, Tensor]) -> None:
+    kv, *rest = case
     got, want = kv.to(TRITON_DEVICE), kv.clone()
-    commit.commit_kv_triton(got, start, accepted.to(TRITON_DEVICE))
-    commit.commit_kv_torch(want, start, accepted)
+    commit.commit_kv_triton(got, *(t.to(TRITON_DEVICE) for t in rest))
+    commit.commit_kv_torch(want, *rest)
     assert torch.equal(got.cpu(), want)
 
 
@@ -139,8 +164,9 @@ def test_dispatch(monkeypatch: pytest.MonkeyPatch, forced: bool) -> None:
         monkeypatch.setenv("SPECDEC_TRITON", "1")
     else:
         monkeypatch.delenv("SPECDEC_TRITON", raising=False)
-    specdec.kernels.greedy_accept(torch.zeros(1), torch.zeros(1), torch.zeros(1, 1, dtype=torch.long))
-    specdec.kernels.commit_kv(torch.zeros(1, 2, 1, 1, 8), 0, torch.zeros(1, dtype=torch.long))
+    one = torch.zeros(1, 1, dtype=torch.long)
+    specdec.kernels.greedy_accept(one, one, torch.zeros(1, 1, 1, dtype=torch.long))
+    specdec.kernels.commit_kv(torch.zeros(1, 2, 1, 1, 1, 8), one[0], one, one[0] + 1)
     assert calls == ["triton" if forced else "torch"] * 2
 
 
@@ -149,8 +175,8 @@ def test_works_without_triton() -> None:
     code = textwrap.dedent("""
         import sys; sys.modules["triton"] = None  # makes `import triton` raise ImportError
         import torch, specdec.kernels as k
-        best, n, bonus = k.greedy_accept(torch.tensor([5, 2]), torch.tensor([2, 7]), torch.tensor([[0, 1]]))
-        assert (int(best), int(n), int(bonus)) == (0, 1, 7)
+        best, n, bonus = k.greedy_accept(torch.tensor([[5, 2]]), torch.tensor([[2, 7]]), torch.tensor([[[0, 1]]]))
+        assert (int(best[0]), int(n[0]), int(bonus[0])) == (0, 1, 7)
     """)
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "SPECDEC_TRITON": "1"})
 
