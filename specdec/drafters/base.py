@@ -1,12 +1,13 @@
 """The drafter protocol: propose a tree from the decode state, learn from what was accepted."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from specdec.tree import Tree, shape_from_parents
 
@@ -43,6 +44,13 @@ class Drafter(ABC):
 
     def update(self, state: DecodeState) -> None:
         """Called after each committed step."""
+
+    def fork(self) -> "Drafter":
+        """A drafter for another sequence decoded alongside this one (a batch row): it shares this one's weights
+        (modules, parameters, weight functions) and owns a copy of everything else, its per-generation state."""
+        shared = {id(v): v for v in vars(self).values()
+                  if isinstance(v, (nn.Module, nn.Parameter)) or (callable(v) and not isinstance(v, Drafter))}
+        return copy.deepcopy(self, shared)
 
 
 def with_fields(config, fields: dict):
