@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description="Lossless speculative decoding for Llama-family chat models: one loop, pluggable drafters.",
     python_requires=">=3.10",
-    packages=["specdec", "specdec.drafters", "specdec.kernels"],
+    packages=["specdec", "specdec.drafters", "specdec.training", "specdec.kernels"],
     package_dir={"specdec": "specdec", "specdec.kernels": "kernels"},
     package_data={"specdec": ["weights/*/*/*"]},  # shipped draft heads
     install_requires=[

@@ -7,10 +7,10 @@ with train_heads' own evaluation, the tiny self-made data sets of --quick, and J
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -32,7 +32,8 @@ from specdec.decode import decode  # noqa: E402
 from specdec.drafters import Drafter  # noqa: E402
 from specdec.medusa import MedusaHeads  # noqa: E402
 from specdec.metrics import markdown, summarize  # noqa: E402
-from specdec.train_data import append_records, head_data  # noqa: E402
+from specdec.training.data import append_records, head_data  # noqa: E402
+from specdec.training.medusa import evaluate  # noqa: E402
 
 # --quick: a CI smoke test on the real backbone, seconds not minutes
 QUICK_QUESTIONS, QUICK_TOKENS = 2, 8
@@ -43,16 +44,6 @@ DISTILL_HELDOUT = Path("data/distill_heldout.jsonl")
 SHIPPED_TRAIN_FLAGS = ["--draft-vocab", "8192", "--micro-batch", "128", "--lr", "3e-3", "--epochs", "3",
                        "--eval-every", "400"]
 TRIGRAM_FLAGS = {"off": ["--trigram", "none"], "on": ["--trigram", "all", "--trigram-tokens", "pending"]}
-
-
-def train_heads_module():
-    """train/train_heads.py imported as a module (train/ is not a package), registered for its dataclasses."""
-    if "train_heads" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("train_heads", ROOT / "train" / "train_heads.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["train_heads"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["train_heads"]
 
 
 def add_common_flags(p: argparse.ArgumentParser, questions: int, max_new_tokens: int, out: str) -> None:
@@ -149,16 +140,16 @@ def train_or_load(out: Path, flags: list[str]) -> Path:
             return heads
         raise SystemExit(f"{heads} was trained with another command:\n  {done}\nnot\n  {command}\n"
                          "pass another --run-dir or delete it")
-    print(f"training: {command}")
-    train_heads_module().main(argv)
+    print(f"training: {command}", flush=True)
+    subprocess.run([sys.executable, str(ROOT / "train" / "train_heads.py"), *argv], check=True)
     return heads
 
 
 def heldout_accuracy(heads: MedusaHeads, model, path: Path, positions: int) -> dict:
-    """Per-head top-1/top-5 and per-rank accuracy on held-out positions (train_heads.evaluate)."""
+    """Per-head top-1/top-5 and per-rank accuracy on held-out positions (the training's own evaluation)."""
     data = head_data(path, heads.config.num_heads, positions)
     lm_head = heads.draft_lm_head(model.output.weight)
-    return train_heads_module().evaluate(heads, data, model.tok_embeddings.weight, lm_head, 512)
+    return evaluate(heads, data, model.tok_embeddings.weight, lm_head, 512)
 
 
 def first_heads(heads: MedusaHeads, k: int) -> MedusaHeads:

@@ -18,8 +18,8 @@ from specdec.backbone import backbone_dir, load_transformer
 from specdec.eagle import load_eagle
 from specdec.eagle3 import Eagle3Draft
 from specdec.model import rope_tables
-from specdec.train_data import sequence_data
-from specdec.train_eagle import rollout_accuracy
+from specdec.training.data import sequence_data
+from specdec.training.eagle import rollout_accuracy
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -18,8 +18,8 @@ from specdec.drafters.base import DecodeState
 from specdec.drafters.eagle import EagleDrafter, eagle2
 from specdec.drafters.ngram import NgramConfig
 from specdec.eagle import EagleConfig, EagleDraft, load_eagle, save_eagle
-from specdec.train_data import SequenceData
-from specdec.train_eagle import pack, rollout_outputs
+from specdec.training.data import SequenceData
+from specdec.training.eagle import pack, rollout_outputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 HYP = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -19,7 +19,7 @@ from specdec.drafters.eagle import eagle3
 from specdec.drafters.ngram import NgramConfig
 from specdec.eagle import load_eagle, save_eagle
 from specdec.eagle3 import Eagle3Config, Eagle3Draft, default_aux_layers, official_state
-from specdec.train_data import SequenceData
+from specdec.training.data import SequenceData
 from test_eagle import PROMPTS, assert_rollouts_match_drafting
 
 pytestmark = pytest.mark.usefixtures("one_thread")

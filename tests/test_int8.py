@@ -17,6 +17,7 @@ from specdec.decode import decode
 from specdec.drafters import LookaheadConfig, LookaheadDrafter, MedusaDrafter, NgramConfig, NgramDrafter
 from specdec.medusa import MedusaConfig, MedusaHeads
 from specdec.quantize import WeightOnlyInt8Linear, int8_weight, load_int8, quantize_model, save_int8
+from specdec.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -182,14 +183,14 @@ def test_memory_plan_matches_a_hand_count_for_13b_int8():
 
 def test_train_heads_over_an_int8_backbone(tiny_models, tmp_path):
     """--quantize int8: the heads' frozen lm_head is the int8 backbone's, and the saved heads load on that backbone."""
-    from test_train_heads import args_for, make_distill, train_heads
+    from test_train_heads import config_for, make_distill
 
     tiny = tiny_models["llama"]
     model = load_transformer(tiny.path, quantize="int8")
     model.setup_cache(CONTEXT)
     make_distill(model, tmp_path / "train.jsonl", 6, seed=1, answer_len=24)
     make_distill(model, tmp_path / "eval.jsonl", 2, seed=2, answer_len=24)
-    out = train_heads.main(args_for(tiny, tmp_path, tmp_path / "run", "--quantize", "int8", "--epochs", "1"))
+    out = train(config_for(tiny, tmp_path, tmp_path / "run", quantize="int8", epochs=1))
     assert out["step"] == out["total_steps"]
     drafter = MedusaDrafter(model, str(tmp_path / "run" / "heads"), tree=6, min_confidence=0.0)
     assert (decode(model, PROMPTS[0], drafter, max_new_tokens=16).tokens

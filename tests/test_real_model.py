@@ -10,16 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import load_script
 from specdec.backbone import load_backbone
 from specdec.decode import decode
 from specdec.drafters import EagleDrafter, LookaheadDrafter, MedusaDrafter, NgramDrafter, eagle2, eagle3
 from specdec.drafters.lookahead import LookaheadConfig
-from specdec.train_data import read_records, records_with_hidden
+from specdec.training.data import read_records, records_with_hidden
+from specdec.training.distill import DistillConfig, distill
 from specdec.verify_step import VerifyStep
 
 pytestmark = pytest.mark.real
-ROOT = Path(__file__).resolve().parents[1]
 
 NEW_TOKENS = 128
 # different categories; 90 (edit a paragraph) and 133 (extract from given texts) copy from the prompt
@@ -139,10 +138,9 @@ def _first_diff(a: list[int], b: list[int]) -> int:
 
 
 def test_gen_distill_sampled_answers_record_the_backbones_greedy_targets(tmp_path):
-    gen = load_script(ROOT / "train" / "gen_distill.py")
-    common = ["--num-prompts", "2", "--batch-size", "2", "--max-new-tokens", "6", "--dtype", "fp32", "--device", "cpu"]
-    gen.main(["--out", str(tmp_path / "greedy.jsonl"), *common])
-    gen.main(["--out", str(tmp_path / "sample.jsonl"), "--answers", "sample", "--temperature", "1.5", *common])
+    common = dict(num_prompts=2, batch_size=2, max_new_tokens=6, dtype="fp32", device="cpu")
+    distill(DistillConfig(tmp_path / "greedy.jsonl", **common))
+    distill(DistillConfig(tmp_path / "sample.jsonl", answers="sample", temperature=1.5, **common))
     greedy = {r["id"]: r for r in read_records(tmp_path / "greedy.jsonl")}
     sampled = read_records(tmp_path / "sample.jsonl")
     assert {r["id"] for r in sampled} == set(greedy)
@@ -153,7 +151,7 @@ def test_gen_distill_sampled_answers_record_the_backbones_greedy_targets(tmp_pat
     assert any(r["answer"] != greedy[r["id"]]["answer"] for r in sampled)  # temperature 1.5 leaves the greedy path
     # more prompts on top of a finished run: the new batch gets a shard of its own, the old ones stay as they were
     shards = {f.name: f.read_bytes() for f in (tmp_path / "greedy.features").iterdir()}
-    gen.main(["--out", str(tmp_path / "greedy.jsonl"), *common[:1], "3", *common[2:]])
+    distill(DistillConfig(tmp_path / "greedy.jsonl", **{**common, "num_prompts": 3}))
     assert all((tmp_path / "greedy.features" / name).read_bytes() == data for name, data in shards.items())
     assert len(list((tmp_path / "greedy.features").iterdir())) == len(shards) + 1
     assert len(list(records_with_hidden(tmp_path / "greedy.jsonl"))) == 3
@@ -162,9 +160,8 @@ def test_gen_distill_sampled_answers_record_the_backbones_greedy_targets(tmp_pat
 def test_gen_distill_keeps_the_features_eagle3_reads_when_decoding(smol, tmp_path):
     """The cached aux-layer states (transformers' hidden_states[i], the input of layer i) are the runner's outputs
     of layer i - 1, which EAGLE-3 drafting requests: a draft trains on the features it decodes with."""
-    gen = load_script(ROOT / "train" / "gen_distill.py")
-    gen.main(["--out", str(tmp_path / "d.jsonl"), "--num-prompts", "2", "--batch-size", "2", "--max-new-tokens", "6",
-              "--dtype", "fp32", "--device", "cpu"])
+    distill(DistillConfig(tmp_path / "d.jsonl", num_prompts=2, batch_size=2, max_new_tokens=6, dtype="fp32",
+                          device="cpu"))
     layers = json.loads((tmp_path / "d.meta.json").read_text())["aux_layers"]
     assert layers == [2, 15, 27]  # EAGLE-3's low / middle / high for SmolLM2's 30 layers
     for rec, ids, final, aux in records_with_hidden(tmp_path / "d.jsonl", aux=True):

@@ -1,4 +1,5 @@
-"""train/train_heads.py on a tiny backbone: labels, falling loss, resume after a kill, 2-process torchrun,
+"""Head training (specdec.training; train/train_heads.py is its command line) on a tiny backbone: labels, falling
+loss, resume after a kill, 2-process torchrun,
 and trained heads that are accepted yet lossless."""
 from __future__ import annotations
 
@@ -11,19 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import VOCAB, load_script
+from conftest import VOCAB
 from specdec.decode import decode
 from specdec.drafters import EagleDrafter, MedusaDrafter, eagle3
 from specdec.eagle import load_eagle
 from specdec.eagle3 import Eagle3Draft
 from specdec.medusa import load_medusa
-from specdec.train_data import append_records, head_data, records_with_hidden, sequence_data
+from specdec.training.config import TrainConfig
+from specdec.training.data import append_records, head_data, records_with_hidden, sequence_data
+from specdec.training.loop import TIMING_START, TIMING_STEPS, fitted_total, train
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-train_heads = load_script(ROOT / "train" / "train_heads.py")
 
 
 @torch.no_grad()
@@ -53,10 +53,18 @@ def distilled(tiny_models, tmp_path_factory):
     return tiny, model, root, seqs
 
 
-def args_for(tiny, root: Path, out: Path, *extra: str) -> list[str]:
+def flags_for(tiny, root: Path, out: Path, *extra: str) -> list[str]:
+    """train/train_heads.py's flags for a small run on the tiny backbone's data."""
     return ["--backbone", str(tiny.path), "--data", str(root / "train.jsonl"), "--eval-data", str(root / "eval.jsonl"),
             "--out", str(out), "--num-heads", "3", "--micro-batch", "64", "--lr", "3e-3", "--warmup", "2",
             "--save-every", "2", "--eval-every", "1000", *extra]
+
+
+def config_for(tiny, root: Path, out: Path, **options) -> TrainConfig:
+    """The same small run as a TrainConfig (options override)."""
+    small = dict(num_heads=3, micro_batch=64, lr=3e-3, warmup=2, save_every=2, eval_every=1000)
+    return TrainConfig(backbone=str(tiny.path), data=[root / "train.jsonl"], eval_data=root / "eval.jsonl", out=out,
+                       **{**small, **options})
 
 
 def test_labels_are_the_backbones_next_tokens(distilled):
@@ -113,24 +121,23 @@ def test_greedy_path_labels_stop_where_the_text_leaves_the_backbones_choices(tmp
 
 def test_loss_falls_and_eval_reports_every_head(distilled, tmp_path):
     tiny, model, root, _ = distilled
-    out = train_heads.main(args_for(tiny, root, tmp_path / "run", "--epochs", "4", "--lr", "1e-2", "--trigram", "0"))
+    out = train(config_for(tiny, root, tmp_path / "run", epochs=4, lr=1e-2, trigram="0"))
     first, last = (sum(map(sum, out["losses"][s])) / 3 for s in (slice(0, 3), slice(-3, None)))
     assert last < 0.8 * first
     assert len(out["eval"]["top1"]) == 3 and all(0 <= a <= b <= 1
                                                  for a, b in zip(out["eval"]["top1"], out["eval"]["top5"]))
     heads, meta = load_medusa(tmp_path / "run" / "heads", model)
-    assert heads.config.trigram == [True, False, False] and "train_heads.py" in meta["train"]["command"]
+    assert heads.config.trigram == [True, False, False]
 
 
 def test_resume_after_a_kill_gives_the_same_heads(distilled, tmp_path):
     tiny, model, root, _ = distilled
-    whole = train_heads.main(args_for(tiny, root, tmp_path / "whole", "--epochs", "2", "--draft-vocab", "200"))
-    part = train_heads.main(args_for(tiny, root, tmp_path / "cut", "--epochs", "2", "--draft-vocab", "200",
-                                     "--max-steps", "3"))
+    whole = train(config_for(tiny, root, tmp_path / "whole", epochs=2, draft_vocab=200))
+    part = train(config_for(tiny, root, tmp_path / "cut", epochs=2, draft_vocab=200, max_steps=3))
     assert part["step"] == 3  # not a save step (every 2): the stop itself saves a checkpoint and usable heads
     assert load_medusa(tmp_path / "cut" / "heads", model)[1]["train"]["complete"] is False
     # at step 3
-    rest = train_heads.main(args_for(tiny, root, tmp_path / "cut", "--epochs", "2", "--draft-vocab", "200"))
+    rest = train(config_for(tiny, root, tmp_path / "cut", epochs=2, draft_vocab=200))
     assert rest["step"] == whole["step"] and len(rest["losses"]) == whole["step"] - 3
     assert torch.allclose(torch.tensor(rest["losses"]), torch.tensor(whole["losses"][3:]), rtol=1e-5)
     a, _ = load_medusa(tmp_path / "whole" / "heads", model)
@@ -141,38 +148,44 @@ def test_resume_after_a_kill_gives_the_same_heads(distilled, tmp_path):
 
 def test_torchrun_two_processes(distilled, tmp_path):
     tiny, model, root, _ = distilled
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # medusa under a time budget too: both ranks must stop at the same, shortened, step
     for head, extra, load in (("medusa", ("--micro-batch", "32", "--minutes", "1e-6"), load_medusa),
-                              ("eagle", EAGLE, load_eagle)):
+                              ("eagle", EAGLE_FLAGS, load_eagle)):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(ROOT / "train" / "train_heads.py"), *args_for(tiny, root, tmp_path / head, "--epochs", "1", *extra)]
+               str(ROOT / "train" / "train_heads.py"), *flags_for(tiny, root, tmp_path / head, "--epochs", "1", *extra)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "2 process(es)" in proc.stdout
         _, meta = load(tmp_path / head / ("heads" if head == "medusa" else "eagle"), model)
-        assert meta["train"]["processes"] == 2
+        assert meta["train"]["processes"] == 2 and meta["train"]["command"].startswith("train/train_heads.py ")
         if head == "medusa":  # 1,128 positions, 64 per step: 17 steps planned, shortened once the timed steps end
-            assert meta["train"]["steps"] == train_heads.TIMING_START + train_heads.TIMING_STEPS + 1 < 17
+            assert meta["train"]["steps"] == TIMING_START + TIMING_STEPS + 1 < 17
+
+
+def test_the_command_line_refuses_options_of_another_head_kind():
+    proc = subprocess.run([sys.executable, str(ROOT / "train" / "train_heads.py"), "--data", "x", "--out", "y",
+                           "--rollout-steps", "2"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "rollout_steps (--rollout-steps) must be" in proc.stderr
 
 
 def test_trained_heads_decode_losslessly(distilled, tmp_path):
     # a random tiny backbone's answers are not learnable enough for acceptance: test_real_model shows tau
     tiny, model, root, seqs = distilled
-    train_heads.main(args_for(tiny, root, tmp_path / "run", "--epochs", "3", "--trigram", "all", "--draft-vocab", "100",
-                              "--trigram-tokens", "pending"))
+    train(config_for(tiny, root, tmp_path / "run", epochs=3, trigram="all", draft_vocab=100, trigram_tokens="pending"))
     drafter = MedusaDrafter(model, tmp_path / "run" / "heads", tree=8)
     for ids in seqs[:3]:
         prompt = ids[: len(ids) - 48]
         assert decode(model, prompt, drafter, max_new_tokens=48).tokens == tiny.greedy(prompt, 48)
 
 
-EAGLE = ("--head", "eagle", "--micro-batch", "4", "--lr", "3e-3", "--eval-depth", "3", "--eval-positions", "64")
+EAGLE_FLAGS = ("--head", "eagle", "--micro-batch", "4", "--lr", "3e-3", "--eval-depth", "3", "--eval-positions", "64")
+EAGLE = dict(head="eagle", micro_batch=4, lr=3e-3, eval_depth=3, eval_positions=64)
 
 
 def test_eagle_loss_falls_and_eval_reports_every_depth(distilled, tmp_path):
     tiny, model, root, _ = distilled
-    out = train_heads.main(args_for(tiny, root, tmp_path / "run", *EAGLE, "--epochs", "6", "--draft-vocab", "300"))
+    out = train(config_for(tiny, root, tmp_path / "run", **EAGLE, epochs=6, draft_vocab=300))
     first, last = (torch.tensor(out["losses"][s]).mean(0) for s in (slice(0, 3), slice(-3, None)))
     assert (last < 0.8 * first).all(), (first, last)  # the feature loss and the token loss
     acc = out["eval"]
@@ -193,9 +206,9 @@ def seqs_of(distilled) -> list[list[int]]:
 
 def test_eagle_resume_after_a_kill_gives_the_same_draft(distilled, tmp_path):
     tiny, model, root, _ = distilled
-    run = lambda out, *x: train_heads.main(args_for(tiny, root, tmp_path / out, *EAGLE, "--epochs", "1", *x))  # noqa: E731
+    run = lambda out, **x: train(config_for(tiny, root, tmp_path / out, **EAGLE, epochs=1, **x))  # noqa: E731
     whole = run("whole")
-    assert run("cut", "--max-steps", "3")["step"] == 3  # not a save step: the stop saves one, and usable weights
+    assert run("cut", max_steps=3)["step"] == 3  # not a save step: the stop saves one, and usable weights
     _, meta = load_eagle(tmp_path / "cut" / "eagle", model)
     assert meta["train"] == {"steps": 3, "of_steps": whole["step"], "complete": False}
     rest = run("cut")
@@ -209,16 +222,14 @@ def test_eagle_resume_after_a_kill_gives_the_same_draft(distilled, tmp_path):
 
 def test_init_continues_from_saved_weights_and_eagle_trains_steps_ahead(distilled, tmp_path):
     tiny, model, root, _ = distilled
-    medusa = train_heads.main(args_for(tiny, root, tmp_path / "m", "--epochs", "3", "--lr", "1e-2",
-                                       "--draft-vocab", "200"))
-    again = train_heads.main(args_for(tiny, root, tmp_path / "m2", "--epochs", "1", "--num-heads", "5",
-                                      "--init", str(tmp_path / "m" / "heads")))
+    medusa = train(config_for(tiny, root, tmp_path / "m", epochs=3, lr=1e-2, draft_vocab=200))
+    again = train(config_for(tiny, root, tmp_path / "m2", epochs=1, num_heads=5, init=str(tmp_path / "m" / "heads")))
     assert sum(again["losses"][0]) < 0.8 * sum(medusa["losses"][0])  # starts where the first run ended
     heads, _ = load_medusa(tmp_path / "m2" / "heads", model)
     assert heads.config.num_heads == 3 and len(heads.vocab_ids) == 200  # the saved config, not the options
-    first = train_heads.main(args_for(tiny, root, tmp_path / "e", *EAGLE, "--epochs", "3", "--draft-vocab", "300"))
-    ahead = train_heads.main(args_for(tiny, root, tmp_path / "e2", *EAGLE, "--epochs", "3", "--rollout-steps", "3",
-                                      "--init", str(tmp_path / "e" / "eagle")))
+    first = train(config_for(tiny, root, tmp_path / "e", **EAGLE, epochs=3, draft_vocab=300))
+    ahead = train(config_for(tiny, root, tmp_path / "e2", **EAGLE, epochs=3, rollout_steps=3,
+                             init=str(tmp_path / "e" / "eagle")))
     assert ahead["losses"][-1][1] < ahead["losses"][0][1]
     assert ahead["eval"]["top1"][0] > 0 and len(ahead["eval"]["top1"]) == 3
     drafter = EagleDrafter(model, tmp_path / "e2" / "eagle", tree="dynamic", verify_cost={})
@@ -226,25 +237,25 @@ def test_init_continues_from_saved_weights_and_eagle_trains_steps_ahead(distille
     for ids in seqs_of(distilled)[:2]:
         prompt = ids[: len(ids) - 48]
         assert decode(model, prompt, drafter, max_new_tokens=48).tokens == tiny.greedy(prompt, 48)
-    with pytest.raises(SystemExit):
-        train_heads.parse_args(["--data", "x", "--out", "y", "--rollout-steps", "2"])  # Medusa has no steps ahead
+    with pytest.raises(ValueError, match="rollout"):
+        TrainConfig(data=["x"], out="y", rollout_steps=2)  # Medusa has no steps ahead
 
 
 def test_fitted_total_shortens_a_run_to_its_time_budget():
-    assert train_heads.fitted_total(step=13, total=1000, seconds_per_step=0.5, seconds_left=50) == 113
-    assert train_heads.fitted_total(13, 100, 0.5, 500) == 100  # never longer than planned
-    assert train_heads.fitted_total(13, 100, 0.5, -3) == 14  # over budget already: one more step ends it
+    assert fitted_total(step=13, total=1000, seconds_per_step=0.5, seconds_left=50) == 113
+    assert fitted_total(13, 100, 0.5, 500) == 100  # never longer than planned
+    assert fitted_total(13, 100, 0.5, -3) == 14  # over budget already: one more step ends it
 
 
 def test_minutes_budget_ends_the_run_early_and_a_rerun_keeps_its_length(distilled, tmp_path):
     tiny, model, root, _ = distilled
-    args = args_for(tiny, root, tmp_path / "run", "--epochs", "5", "--minutes", "1e-6", "--max-grad-norm", "0.5")
-    out = train_heads.main(args)
-    timed = train_heads.TIMING_START + train_heads.TIMING_STEPS
+    config = config_for(tiny, root, tmp_path / "run", epochs=5, minutes=1e-6, max_grad_norm=0.5)
+    out = train(config)
+    timed = TIMING_START + TIMING_STEPS
     assert out["total_steps"] == out["step"] == timed + 1 < 5 * (1128 // 64)  # 1,128 positions, 64 per step
     _, meta = load_medusa(tmp_path / "run" / "heads", model)
     assert meta["train"]["steps"] == timed + 1
-    again = train_heads.main(args)  # resumes from the final checkpoint: the shortened run is already done
+    again = train(config)  # resumes from the final checkpoint: the shortened run is already done
     assert again["step"] == again["total_steps"] == timed + 1 and again["losses"] == []
 
 
@@ -274,13 +285,12 @@ def distilled_aux(distilled, tmp_path_factory):
     return tiny, model, aux_root, seqs
 
 
-EAGLE3 = ("--head", "eagle3", "--micro-batch", "4", "--lr", "3e-3", "--eval-depth", "3", "--eval-positions", "64",
-          "--draft-vocab", "300", "--rollout-steps", "3")
+EAGLE3 = dict(head="eagle3", micro_batch=4, lr=3e-3, eval_depth=3, eval_positions=64, draft_vocab=300, rollout_steps=3)
 
 
 def test_eagle3_loss_falls_eval_reports_every_depth_and_decoding_is_lossless(distilled_aux, tmp_path):
     tiny, model, root, seqs = distilled_aux
-    out = train_heads.main(args_for(tiny, root, tmp_path / "run", *EAGLE3, "--epochs", "6"))
+    out = train(config_for(tiny, root, tmp_path / "run", **EAGLE3, epochs=6))
     first, last = (torch.tensor(out["losses"][s]).mean(0) for s in (slice(0, 3), slice(-3, None)))
     assert len(first) == 3 and (last < 0.8 * first).all(), (first, last)  # every training-time-test step
     acc = out["eval"]
@@ -296,9 +306,9 @@ def test_eagle3_loss_falls_eval_reports_every_depth_and_decoding_is_lossless(dis
 
 def test_eagle3_resume_after_a_kill_gives_the_same_draft(distilled_aux, tmp_path):
     tiny, model, root, _ = distilled_aux
-    run = lambda out, *x: train_heads.main(args_for(tiny, root, tmp_path / out, *EAGLE3, "--epochs", "1", *x))  # noqa: E731
+    run = lambda out, **x: train(config_for(tiny, root, tmp_path / out, **EAGLE3, epochs=1, **x))  # noqa: E731
     whole = run("whole")
-    assert run("cut", "--max-steps", "3")["step"] == 3
+    assert run("cut", max_steps=3)["step"] == 3
     rest = run("cut")
     assert rest["step"] == whole["step"]
     assert torch.allclose(torch.tensor(rest["losses"]), torch.tensor(whole["losses"][3:]), rtol=1e-4)
@@ -311,4 +321,4 @@ def test_eagle3_resume_after_a_kill_gives_the_same_draft(distilled_aux, tmp_path
 def test_eagle3_needs_the_fused_layers_in_its_data(distilled, tmp_path):
     tiny, _, root, _ = distilled
     with pytest.raises(ValueError, match="aux-layer"):
-        train_heads.main(args_for(tiny, root, tmp_path / "run", *EAGLE3, "--epochs", "1"))
+        train(config_for(tiny, root, tmp_path / "run", **EAGLE3, epochs=1))

@@ -1,4 +1,5 @@
-"""Training positions for draft heads, read from gen_distill.py's JSONL + hidden-state files."""
+"""Training data for draft heads: gen_distill's JSONL + hidden-state files written and read back as answer
+positions (Medusa) or whole conversations (EAGLE, EAGLE-3), and the draft vocabulary they suggest."""
 from __future__ import annotations
 
 import json
@@ -179,3 +180,9 @@ def sequence_data(path: DataPaths, max_positions: int | None = None, aux: bool =
     if not data.tokens:
         raise ValueError(f"{path} has no answers to train on")
     return data
+
+
+def frequent_tokens(labels: Tensor, n: int, vocab_size: int = 0) -> Tensor:
+    """The n most frequent tokens among labels (ties by id): the draft vocabulary."""
+    counts = torch.bincount(labels[labels >= 0], minlength=max(n, vocab_size))
+    return counts.argsort(descending=True, stable=True)[:n]

@@ -1,4 +1,5 @@
-"""EAGLE / EAGLE-3 training pieces: packed teacher-forced batches, the losses, and rolled-out accuracy.
+"""EAGLE / EAGLE-3 training: packed teacher-forced batches, the losses, rolled-out accuracy, the task the shared
+loop runs.
 
 Input j of a conversation is (f_j, x_{j+1}); its target is f_{j+1}. EAGLE: SmoothL1 on the feature plus 0.1 x the
 cross-entropy against the backbone's own distribution softmax(lm_head f_{j+1}), on answer positions only.
@@ -17,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from specdec.eagle import Draft
-from specdec.train_data import SequenceData
-
-EVAL_RANKS = 10
+from specdec.eagle import Draft, EagleConfig, EagleDraft, load_eagle, save_eagle
+from specdec.eagle3 import Eagle3Config, Eagle3Draft
+from specdec.model import Transformer, rope_tables
+from specdec.training.config import EVAL_RANKS, Task, TrainConfig
+from specdec.training.data import SequenceData, aux_layers_of, frequent_tokens, sequence_data
 
 
 @dataclass
@@ -166,3 +168,60 @@ def rollout_accuracy(draft: Draft, data: SequenceData, embed: Tensor, lm_head: T
         chain_tau += run
     return {"top1": top1, "top5": rank_acc[:, :5].sum(1).tolist(), "rank_accuracy": rank_acc.tolist(),
             "positions": int(counts[0]), "chain_tau": chain_tau}
+
+
+def eagle_task(config: TrainConfig, model: Transformer, device: torch.device) -> Task:
+    """An EAGLE or EAGLE-3 draft layer over cached conversations (prompt and answer features)."""
+    embed = model.tok_embeddings.weight
+    eagle3 = config.head == "eagle3"
+    data = sequence_data(config.data, config.max_positions, aux=eagle3)
+    eval_data = sequence_data(config.eval_data, aux=eagle3) if config.eval_data else None
+    if config.init:
+        draft = load_eagle(config.init, model)[0].float().requires_grad_(True)
+        if isinstance(draft, Eagle3Draft) != eagle3:
+            raise ValueError(f"--init {config.init} is not an {config.head} draft")
+    elif eagle3:
+        draft = new_eagle3(config, model, data)
+    else:
+        draft = EagleDraft(EagleConfig(model.args.dim, model.args.vocab_size, config.draft_vocab), model.args)
+        if config.draft_vocab:
+            answers = torch.cat([t[p:] for t, p in zip(data.tokens, data.prompt_len)])
+            draft.vocab_ids.copy_(frequent_tokens(answers, config.draft_vocab))
+    draft.to(device)
+    cos, sin = rope_tables(model.args, max(len(t) for t in data.tokens + (eval_data.tokens if eval_data else [])) + 8,
+                           torch.float32, device)
+
+    def losses(trainable: torch.nn.Module, micro: Tensor) -> Tensor:
+        batch = pack(data, micro.tolist(), device, torch.float32, config.train_on == "all")
+        if eagle3:
+            return eagle3_losses(trainable, batch, embed, model.output.weight, cos, sin, config.noise,
+                                 config.rollout_steps)
+        return eagle_losses(trainable, batch, embed, draft.draft_lm_head(model.output.weight), cos, sin, config.noise,
+                            config.rollout_steps)
+
+    def evaluate_draft() -> dict:
+        draft.eval()
+        out = rollout_accuracy(draft, eval_data, embed, model.output.weight, cos, sin, config.eval_depth,
+                               min(config.eval_positions, 1024), config.seed)
+        draft.train()
+        return out
+
+    weights = [config.loss_decay**i for i in range(config.rollout_steps)] if eagle3 else [1.0, config.token_weight]
+    return Task(draft, len(data), torch.tensor(weights, device=device), losses, evaluate_draft,
+                lambda path, extra: save_eagle(path, draft, model, extra))
+
+
+def new_eagle3(config: TrainConfig, model: Transformer, data: SequenceData) -> Eagle3Draft:
+    """A fresh EAGLE-3 draft: the data's fused layers, the answers' most frequent backbone picks as its vocabulary,
+    its lm_head and final norm started from the backbone's (its outputs start out read like backbone features)."""
+    layers = {tuple(aux_layers_of(path)) for path in config.data}
+    if len(layers) > 1:
+        raise ValueError(f"the data files keep different aux layers {sorted(layers)}: make them with one --aux-layers")
+    a = model.args
+    draft = Eagle3Draft(Eagle3Config(a.dim, a.vocab_size, config.draft_vocab, list(layers.pop())), a)
+    picks = torch.cat([b[p - 1 :] for b, p in zip(data.best, data.prompt_len)])
+    draft.set_vocab(frequent_tokens(picks, config.draft_vocab, a.vocab_size))
+    with torch.no_grad():
+        draft.lm_head.weight.copy_(model.output.weight[draft.vocab_ids].float())
+        draft.norm.weight.copy_(model.norm.weight.float())
+    return draft
