@@ -40,6 +40,20 @@ def check_prompts(model: Transformer, prompts: Sequence[Sequence[int]]) -> list[
     return checked
 
 
+def batch_cache(model: Transformer, rows: int) -> Tensor:
+    """The model's batch cache [layers, 2, rows, kv_heads, max_seq_len + MAX_TREE, head_dim], kept for the next batch
+    of as many rows (slots past a row's length are never attended, so old values are harmless; a fresh allocation
+    costs about as much as ten decode steps)."""
+    a, w = model.args, model.tok_embeddings.weight
+    kv = model.__dict__.get("batch_kv")
+    size = model.max_seq_len + MAX_TREE
+    if kv is None or kv.shape[2] != rows or kv.shape[4] != size or kv.dtype != w.dtype or kv.device != w.device:
+        model.__dict__.pop("batch_kv", None)  # free the old one first
+        kv = model.__dict__["batch_kv"] = torch.zeros(a.n_layers, 2, rows, a.n_kv_heads, size, a.head_dim,
+                                                      dtype=w.dtype, device=w.device)
+    return kv
+
+
 def _step_inputs(trees: list[Tree], starts: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The padded batch of trees: tokens, positions [R, k], the attention mask [R, k, T] over cache slots 0..T-1, and
     the paths [R, P, L] (-1 padded) for acceptance."""
@@ -52,10 +66,10 @@ def _step_inputs(trees: list[Tree], starts: Tensor) -> tuple[Tensor, Tensor, Ten
     tree_mask = torch.eye(k, dtype=torch.bool, device=device).repeat(R, 1, 1)
     paths = torch.full((R, P, L), -1, dtype=torch.long, device=device)
     for r, t in enumerate(trees):
-        n, (p, l) = t.shape.size, t.shape.paths.shape
+        n, (n_paths, width) = t.shape.size, t.shape.paths.shape
         tokens[r, :n], depth[r, :n] = t.tokens, t.shape.depth
         tree_mask[r, :n, :n] = t.shape.mask
-        paths[r, :p, :l] = t.shape.paths
+        paths[r, :n_paths, :width] = t.shape.paths
     span = int(starts.max()) + k
     offset = torch.arange(span, device=device)[None, :] - starts[:, None]  # slot relative to the row's first node
     inside = (offset >= 0) & (offset < k)
@@ -98,13 +112,10 @@ def decode_batch(
         per_prompt = None
         drafter = drafter or NoDrafter()
     rows = min(batch_size, len(prompts))
-    a = model.args
-    w = model.tok_embeddings.weight
-    device = w.device
-    kv = torch.zeros(a.n_layers, 2, rows, a.n_kv_heads, model.max_seq_len + MAX_TREE, a.head_dim, dtype=w.dtype,
-                     device=device)
+    device = model.tok_embeddings.weight.device
+    kv = batch_cache(model, rows)
     sampling = sampling if sampling is not None and not sampling.greedy else None
-    free = [] if per_prompt else [drafter] + [drafter.fork() for _ in range(rows - 1)]
+    free = [] if per_prompt else [drafter.fork() for _ in range(rows)]  # the caller's drafter stays as it was
     hidden_layers = tuple(sorted(set().union(*(d.hidden_layers for d in (per_prompt or free)))))
     results: list[DecodeResult | None] = [None] * len(prompts)
     active: list[tuple[int, DecodeSequence, float]] = []  # (prompt index, sequence, its decode start), row r = [r]
@@ -156,6 +167,8 @@ def decode_batch(
             if not active:
                 continue
         seqs = [seq for _, seq, _ in active]
+        for seq in seqs:
+            seq.drafter.set_rows(len(seqs))
         trees = [seq.propose() for seq in seqs]
         starts = torch.tensor([seq.length for seq in seqs], device=device)
         tokens, positions, mask, paths = _step_inputs(trees, starts)

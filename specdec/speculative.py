@@ -10,7 +10,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from specdec.backbone import Backbone, load_backbone
-from specdec.decode import DecodeStats, decode
+from specdec.batch import decode_batch
+from specdec.decode import DecodeResult, DecodeStats, decode
 from specdec.drafters import Drafter, NoDrafter, make_drafter
 from specdec.sampling import SamplingConfig
 from specdec.verify_step import VerifyStep, default_step
@@ -64,6 +65,12 @@ class TextStream:
         self.sent = max(self.sent, upto)
 
 
+def is_prompt_list(prompt) -> bool:
+    """True for several prompts (messages, chats or id lists), False for one (a message, a chat, ids)."""
+    return isinstance(prompt, (list, tuple)) and bool(prompt) and all(isinstance(p, (str, list, tuple))
+                                                                      for p in prompt)
+
+
 class SpecModel:
     """A backbone with a drafter; `generate` is lossless: greedy output equals plain greedy decoding, sampled output
     follows plain sampling's distribution (unless lossy_typical_acceptance). The named subclasses (NgramModel,
@@ -100,7 +107,7 @@ class SpecModel:
 
     def generate(
         self,
-        prompt: str | list[dict[str, str]] | list[int],
+        prompt: str | list[dict[str, str]] | list[int] | list,
         max_new_tokens: int = 256,
         on_text: Callable[[str], None] | None = None,
         temperature: float = 0.0,
@@ -110,18 +117,25 @@ class SpecModel:
         lossy_typical_acceptance: bool = False,
         stop: Sequence[str] = (),
         streamer=None,
-    ) -> Generation:
-        """Reply to a user message, a chat (list of role/content dicts) or raw token ids.
+        batch_size: int = 8,
+    ) -> Generation | list[Generation]:
+        """Reply to a user message, a chat (list of role/content dicts) or raw token ids; or to a list of those
+        (several messages, chats or id lists): then up to batch_size are decoded together (specdec.batch) and one
+        Generation per prompt comes back, in order, each what the prompt alone would give.
 
         on_text streams text chunks; streamer is an object in transformers' convention (put(token ids), then end():
         TextStreamer, TextIteratorStreamer), given the prompt's ids first as transformers' generate does; stop ends
         the reply at the first of these strings (the text stops before it). temperature 0 is greedy; seed makes
-        sampling reproducible; typical acceptance is LOSSY (see SamplingConfig)."""
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
-            ids = prompt
-        else:
-            ids = self.backbone.encode_chat(prompt)
+        sampling reproducible (prompt i of a list draws with seed + i); typical acceptance is LOSSY (see
+        SamplingConfig)."""
+        sampling = SamplingConfig(temperature, top_p, top_k, seed, lossy_typical_acceptance)
         stop = (stop,) if isinstance(stop, str) else tuple(stop)
+        if is_prompt_list(prompt):
+            if on_text is not None or streamer is not None:
+                raise ValueError("streaming (on_text, streamer) takes one prompt; a list of prompts is decoded as a "
+                                 "batch and returned when done")
+            return self._generate_batch(prompt, max_new_tokens, sampling, stop, batch_size)
+        ids = self._ids(prompt)
         tok = self.backbone.tokenizer
         # the reply is decoded after every step only for someone who reads it then: a callback or a stop string
         stream = TextStream(tok, on_text, stop) if on_text is not None or stop else None
@@ -133,7 +147,6 @@ class SpecModel:
                 streamer.put(torch.tensor(new))
             return stream is not None and stream(new)
 
-        sampling = SamplingConfig(temperature, top_p, top_k, seed, lossy_typical_acceptance)
         try:
             res = decode(self.backbone.model, ids, self.drafter, max_new_tokens, self.backbone.stop_ids,
                          on_tokens if stream is not None or streamer is not None else None,
@@ -141,10 +154,28 @@ class SpecModel:
         finally:
             if streamer is not None:
                 streamer.end()
+        return self._reply(res, stream)
+
+    def _ids(self, prompt: str | list[dict[str, str]] | list[int]) -> list[int]:
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            return prompt
+        return self.backbone.encode_chat(prompt)
+
+    def _reply(self, res: DecodeResult, stream: TextStream | None) -> Generation:
         if stream is None:
-            return Generation(tok.decode(res.tokens, skip_special_tokens=True), res.tokens, res.stats)
+            return Generation(self.backbone.tokenizer.decode(res.tokens, skip_special_tokens=True), res.tokens,
+                              res.stats)
         stream.end()
         return Generation(stream.text, res.tokens, res.stats)
+
+    def _generate_batch(self, prompts: list, max_new_tokens: int, sampling: SamplingConfig, stop: tuple[str, ...],
+                        batch_size: int) -> list[Generation]:
+        ids = [self._ids(p) for p in prompts]
+        streams = [TextStream(self.backbone.tokenizer, None, stop) for _ in ids] if stop else None
+        results = decode_batch(self.backbone.model, ids, self.drafter, batch_size, max_new_tokens,
+                               self.backbone.stop_ids, sampling,
+                               on_tokens=(lambda i, new: streams[i](new)) if streams else None)
+        return [self._reply(r, streams[i] if streams else None) for i, r in enumerate(results)]
 
     def stream(self, prompt: str | list[dict[str, str]] | list[int], **options) -> Iterator[str]:
         """generate's text chunks as an iterator (generate runs in a background thread); options as generate's."""

@@ -213,3 +213,24 @@ def test_a_rows_sample_does_not_depend_on_its_neighbours(small):  # noqa: F811 (
         assert batch[i].tokens == alone.tokens
     assert torch.equal(torch.tensor(batch[0].tokens), torch.tensor(decode_batch(
         model, [PROMPT, [5, 6, 7, 1, 1]], drafter, batch_size=2, max_new_tokens=8, sampling=cfg)[0].tokens))
+
+
+# ---------------------------------------------------------------- the real model, from the public API
+
+
+@pytest.mark.real
+def test_generate_a_list_of_prompts_on_the_real_model():
+    """SpecModel.generate with a list: one Generation per prompt, in order, each equal to the prompt alone (fp32),
+    stop strings applied per row; streaming a list is refused."""
+    from specdec import EagleModel
+
+    model = EagleModel.load(drafter="eagle2+lookup", dtype="fp32", max_seq_len=512)
+    prompts = ["Name three primary colours.", [{"role": "user", "content": "Count from one to ten in words."}],
+               "Write a haiku about the sea.", "What is 12 times 12?"]
+    alone = [model.generate(p, max_new_tokens=40, stop=["3."]) for p in prompts]
+    batched = model.generate(prompts, max_new_tokens=40, stop=["3."], batch_size=3)
+    assert [g.tokens for g in batched] == [g.tokens for g in alone]
+    assert [g.text for g in batched] == [g.text for g in alone]
+    assert "3." not in batched[1].text and batched[1].stats.stop_reason == "caller"
+    with pytest.raises(ValueError, match="takes one prompt"):
+        model.generate(prompts, on_text=print)

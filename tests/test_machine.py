@@ -26,9 +26,12 @@ def test_every_kind_has_drafter_defaults():
     assert NgramConfig.for_machine("cpu-fp32") == NgramConfig() and NgramConfig.for_machine("cpu-bf16").min_ngram == 1
 
 
-def test_cost_curve_interpolates_and_is_flat_past_the_last_point():
+def test_cost_curve_interpolates_and_extends_the_last_slope():
     assert cost_curve({1: 1.0, 4: 1.6, 8: 2.0}, 10).tolist() == pytest.approx(
-        [1.0, 1.2, 1.4, 1.6, 1.7, 1.8, 1.9, 2.0, 2.0, 2.0])
+        [1.0, 1.2, 1.4, 1.6, 1.7, 1.8, 1.9, 2.0, 2.1, 2.2])
+    # two rows verified together: k nodes each cost what 2k nodes cost, relative to 2 nodes
+    assert cost_curve({1: 1.0, 4: 1.6, 8: 2.0}, 4, rows=2).tolist() == pytest.approx(
+        [1.0, 1.6 / 1.2, 1.8 / 1.2, 2.0 / 1.2])
     for points in VERIFY_COST.values():
         assert points[1] == 1.0 and cost_curve(points, 64).shape == (64,)
     assert torch.equal(verify_cost_curve("cpu-bf16", 20, "cpu"), cost_curve(VERIFY_COST["cpu-bf16"], 20))

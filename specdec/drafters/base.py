@@ -45,6 +45,10 @@ class Drafter(ABC):
     def update(self, state: DecodeState) -> None:
         """Called after each committed step."""
 
+    def set_rows(self, rows: int) -> None:
+        """Size trees for `rows` sequences verified together (specdec.batch): a node then costs more. Drafters that cut
+        their trees by verify cost override this."""
+
     def fork(self) -> "Drafter":
         """A drafter for another sequence decoded alongside this one (a batch row): it shares this one's weights
         (modules, parameters, weight functions) and owns a copy of everything else, its per-generation state."""

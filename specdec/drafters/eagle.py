@@ -11,6 +11,7 @@ Either takes a prompt-lookup branch (lookup=True, "eagle2+lookup"; specdec.draft
 from __future__ import annotations
 
 import copy
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -77,6 +78,8 @@ class EagleDrafter(Drafter):
             self.name = "eagle+lookup"
         extra = self.lookup.draft_len if self.lookup else 0
         self.cost = verify_cost_curve(kind, self.total + extra, device, verify_cost)
+        self.cost_of_rows = partial(verify_cost_curve, kind, self.total + extra, device, verify_cost)
+        self.rows = 1
         self.kv: Tensor | None = None
         self.anc: Tensor | None = None
         self.length = 0
@@ -96,6 +99,10 @@ class EagleDrafter(Drafter):
             row = {p: r for r, p in enumerate(parents)}
             self.expand.append(parents)
             self.child_of.append(([row[pos[c[:-1]]] for c in kids], [c[-1] for c in kids]))
+
+    def set_rows(self, rows: int) -> None:
+        if rows != self.rows:
+            self.cost, self.rows = self.cost_of_rows(rows=rows), rows
 
     # ---------------------------------------------------------------- the draft cache
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -84,7 +85,12 @@ class MedusaDrafter(Drafter):
             self.node_scores = torch.tensor([sum(math.log(max(acc[d][r] if r < len(acc[d]) else 0.0, 1e-6))
                                                  for d, r in enumerate(c)) for c in self.choices], device=device)
             self.node_parents = torch.tensor(parents_from_choices(self.choices)[1:], device=device) - 1
-            self.cost = verify_cost_curve(kind, len(self.choices) + 1 + self.lookup.draft_len, device)
+            self.cost_of_rows = partial(verify_cost_curve, kind, len(self.choices) + 1 + self.lookup.draft_len, device)
+            self.cost, self.rows = self.cost_of_rows(), 1
+
+    def set_rows(self, rows: int) -> None:
+        if self.lookup is not None and rows != self.rows:
+            self.cost, self.rows = self.cost_of_rows(rows=rows), rows
 
     def begin(self, state: DecodeState) -> None:
         if self.lookup is not None:
