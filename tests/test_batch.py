@@ -229,8 +229,10 @@ def test_generate_a_list_of_prompts_on_the_real_model():
                "Write a haiku about the sea.", "What is 12 times 12?"]
     alone = [model.generate(p, max_new_tokens=40, stop=["3."]) for p in prompts]
     batched = model.generate(prompts, max_new_tokens=40, stop=["3."], batch_size=3)
-    assert [g.tokens for g in batched] == [g.tokens for g in alone]
     assert [g.text for g in batched] == [g.text for g in alone]
+    for a, b in zip(alone, batched):  # a stop string ends the reply within a step: steps differ when batched
+        n = min(len(a.tokens), len(b.tokens))
+        assert a.tokens[:n] == b.tokens[:n] and (a.stats.stop_reason == "caller" or a.tokens == b.tokens)
     assert "3." not in batched[1].text and batched[1].stats.stop_reason == "caller"
     with pytest.raises(ValueError, match="takes one prompt"):
         model.generate(prompts, on_text=print)
