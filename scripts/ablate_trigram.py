@@ -12,15 +12,14 @@ flags); --train retrains both under one budget (loaded instead when that exact c
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ablation_common as ac  # noqa: E402
+import ablation_common as ac
+from bench_output import pyplot
 from specdec import cli
-from specdec.drafters import MedusaDrafter  # noqa: E402
-from specdec.medusa import load_medusa  # noqa: E402
+from specdec.drafters import MedusaDrafter
+from specdec.medusa import load_medusa
 
 STEM = "ablate_trigram"
 VARIANTS = ("off", "on")
@@ -120,7 +119,7 @@ def markdown_table(rows: dict, config: dict) -> str:
 
 def plot(rows: dict, path: Path) -> None:
     """Left: per-head top-1 / top-5 for both variants; right: MT-Bench tau and speedup."""
-    plt = ac.pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [2, 1]})
     k = len(rows["off"]["heldout"]["top1"])
     width = 0.2

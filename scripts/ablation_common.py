@@ -19,21 +19,20 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-SCRIPTS = Path(__file__).resolve().parent
-ROOT = SCRIPTS.parent
-sys.path.insert(0, str(SCRIPTS))  # mtbench_speedup, bench_runner: scripts, not a package
+import mtbench_speedup as mtb
+import specdec
+from copy_prompts import copy_prompts
+from specdec.backbone import resolve_dtype
+from specdec.checkpoint import read_config
+from specdec.data import Question, load_mtbench
+from specdec.decode import decode
+from specdec.drafters import Drafter
+from specdec.medusa import MedusaHeads
+from specdec.metrics import markdown, summarize
+from specdec.training.data import append_records, head_data
+from specdec.training.medusa import evaluate
 
-import mtbench_speedup as mtb  # noqa: E402
-import specdec  # noqa: E402
-from specdec.backbone import resolve_dtype  # noqa: E402
-from specdec.checkpoint import read_config  # noqa: E402
-from specdec.data import Question, copy_prompts, load_mtbench  # noqa: E402
-from specdec.decode import decode  # noqa: E402
-from specdec.drafters import Drafter  # noqa: E402
-from specdec.medusa import MedusaHeads  # noqa: E402
-from specdec.metrics import markdown, summarize  # noqa: E402
-from specdec.training.data import append_records, head_data  # noqa: E402
-from specdec.training.medusa import evaluate  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # --quick: a CI smoke test on the real backbone, seconds not minutes
 QUICK_QUESTIONS, QUICK_TOKENS = 2, 8
@@ -175,16 +174,6 @@ def write_outputs(out: str | Path, stem: str, payload: dict, table: str, methods
                         + markdown(methods))
     plot(paths[2])
     return paths
-
-
-def pyplot():
-    """matplotlib's pyplot on the headless Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def settings_line(config: dict) -> str:

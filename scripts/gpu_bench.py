@@ -28,19 +28,19 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import mtbench_speedup  # noqa: E402  (a sibling script)
+import mtbench_speedup  # a sibling script
+from bench_output import write_results
 from specdec import cli
-from specdec.backbone import EMBEDDED_NAME, load_backbone, resolve_dtype  # noqa: E402
-from specdec.checkpoint import SHIPPED  # noqa: E402
-from specdec.data import MTBENCH_QUESTIONS, is_heldout, load_sharegpt, mtbench_path  # noqa: E402
-from specdec.decode import decode  # noqa: E402
-from specdec.metrics import markdown as methods_table  # noqa: E402
-from specdec.metrics import summarize, write_results  # noqa: E402
-from specdec.model import ModelArgs, Transformer  # noqa: E402
-from specdec.quantize import quantize_model  # noqa: E402
-from specdec.tree import shape_from_parents  # noqa: E402
-from specdec.verify_step import VerifyStep  # noqa: E402
+from specdec.backbone import EMBEDDED_NAME, load_backbone, resolve_dtype
+from specdec.checkpoint import SHIPPED
+from specdec.data import MTBENCH_QUESTIONS, is_heldout, load_sharegpt, mtbench_path
+from specdec.decode import decode
+from specdec.metrics import markdown as methods_table
+from specdec.metrics import summarize
+from specdec.model import ModelArgs, Transformer
+from specdec.quantize import quantize_model
+from specdec.tree import shape_from_parents
+from specdec.verify_step import VerifyStep
 
 # run in this order whatever --parts says: the cheap, backbone-free parts first; bandwidth before mtbench (it reuses
 # the backbone and the compiled verify step mtbench then warms up again for nothing)
@@ -170,31 +170,32 @@ def kernels_check(args: argparse.Namespace, device: torch.device) -> dict:
     rows = []
     a = ModelArgs.from_hf(dict(SHAPES["tiny" if args.quick else "smollm2"], model_type="llama"))
     max_len = args.context + 2 * max(sizes)
-    kv = torch.randn(a.n_layers, 2, a.n_kv_heads, max_len, a.head_dim, generator=g).to(device, torch.bfloat16)
+    kv = torch.randn(a.n_layers, 2, 1, a.n_kv_heads, max_len, a.head_dim, generator=g).to(device, torch.bfloat16)
     for k in tqdm(sizes, desc="kernels"):
         mismatches = 0
         for _ in range(args.kernel_cases):
-            parents, tokens, target = random_tree(k, 3, g)
-            paths = shape_from_parents(parents).paths
+            parents, tokens, target = random_tree(k, 3, g)  # one row of the kernels' batch
+            tokens, target, paths = tokens[None], target[None], shape_from_parents(parents).paths[None]
             want = accept.greedy_accept_torch(tokens, target, paths)
             got = accept.greedy_accept_triton(tokens.to(device), target.to(device), paths.to(device))
             mismatches += any(int(x) != int(y) for x, y in zip(got, want))
             accepted = torch.randperm(k, generator=g)[: int(torch.randint(1, k + 1, (1,), generator=g))].sort().values
-            start = args.context  # the committed length; the tree's slots follow it
+            # the committed length; the tree's slots follow it
+            start, count = torch.tensor([args.context], device=device), torch.tensor([len(accepted)], device=device)
             ref, out = kv.clone(), kv.clone()
-            commit.commit_kv_torch(ref, start, accepted.to(device))
-            commit.commit_kv_triton(out, start, accepted.to(device))
+            commit.commit_kv_torch(ref, start, accepted[None].to(device), count)
+            commit.commit_kv_triton(out, start, accepted[None].to(device), count)
             mismatches += not torch.equal(ref, out)
         tok, tgt, pth = tokens.to(device), target.to(device), paths.to(device)
-        acc = accepted.to(device)
+        acc = accepted[None].to(device)
         rows.append({"nodes": k, "cases": args.kernel_cases, "mismatches": mismatches,
                      "accept_triton_us": 1e3 * median_ms(lambda: accept.greedy_accept_triton(tok, tgt, pth), device,
                                                          args.repeats),
                      "accept_torch_us": 1e3 * median_ms(lambda: accept.greedy_accept_torch(tok, tgt, pth), device,
                                                         args.repeats),
-                     "commit_triton_us": 1e3 * median_ms(lambda: commit.commit_kv_triton(out, start, acc), device,
-                                                         args.repeats),
-                     "commit_torch_us": 1e3 * median_ms(lambda: commit.commit_kv_torch(ref, start, acc), device,
+                     "commit_triton_us": 1e3 * median_ms(lambda: commit.commit_kv_triton(out, start, acc, count),
+                                                         device, args.repeats),
+                     "commit_torch_us": 1e3 * median_ms(lambda: commit.commit_kv_torch(ref, start, acc, count), device,
                                                         args.repeats)})
     return {"interpreted": device.type != "cuda", "cache_shape": list(kv.shape), "rows": rows,
             "all_equal": all(r["mismatches"] == 0 for r in rows)}

@@ -10,22 +10,20 @@ from __future__ import annotations
 import json
 import platform
 import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from memory_plan import SHAPES, plan  # noqa: E402
+from memory_plan import SHAPES, plan
 from specdec import cli
-from specdec.backbone import resolve_dtype  # noqa: E402
-from specdec.decode import decode  # noqa: E402
-from specdec.drafters import MedusaDrafter  # noqa: E402
-from specdec.medusa import MedusaConfig, MedusaHeads  # noqa: E402
-from specdec.model import ModelArgs, Transformer  # noqa: E402
-from specdec.quantize import LINEAR_NAMES, WeightOnlyInt8Linear  # noqa: E402
+from specdec.backbone import resolve_dtype
+from specdec.decode import decode
+from specdec.drafters import MedusaDrafter
+from specdec.medusa import MedusaConfig, MedusaHeads
+from specdec.model import ModelArgs, Transformer
+from specdec.quantize import LINEAR_NAMES, WeightOnlyInt8Linear
 
 
 def peak_rss_bytes() -> int:

@@ -21,9 +21,11 @@ import torch
 from tqdm import tqdm
 
 import specdec
+from bench_output import write_results
+from copy_prompts import copy_prompts
 from specdec import cli
 from specdec.backbone import resolve_dtype
-from specdec.data import Question, copy_prompts, load_mtbench, stratified_subset
+from specdec.data import Question, load_mtbench, stratified_subset
 from specdec.drafters import Drafter, drafter_names, make_drafter
 from specdec.drafters import drafter_options as registry_options
 from specdec.metrics import (
@@ -33,7 +35,6 @@ from specdec.metrics import (
     peak_memory_mb,
     reset_peak_memory,
     summarize,
-    write_results,
 )
 from specdec.sampling import SamplingConfig
 from specdec.verify_step import MODES as VERIFY_MODES

@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ablation_common as ac  # noqa: E402
+import ablation_common as ac
+from bench_output import pyplot
 from specdec import cli
-from specdec.drafters import MedusaDrafter  # noqa: E402
-from specdec.medusa import load_medusa  # noqa: E402
-from specdec.tree import sparse_tree  # noqa: E402
-from sweep_tree import int_list  # noqa: E402
+from specdec.drafters import MedusaDrafter
+from specdec.medusa import load_medusa
+from specdec.tree import sparse_tree
+from sweep_tree import int_list
 
 STEM = "sweep_heads"
 
@@ -157,7 +156,7 @@ def markdown_table(acc: dict, rows: list[dict], config: dict) -> str:
 
 def plot(acc: dict, rows: list[dict], path: Path) -> None:
     """Left: held-out top-1/top-5 per head; right: tau and speedup against head count, one line per tree size."""
-    plt = ac.pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     k = len(acc["top1"])
     left.bar([i - 0.2 for i in range(k)], acc["top1"], 0.4, label="top-1")

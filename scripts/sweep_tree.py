@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ablation_common as ac  # noqa: E402
-from bench_runner import best_ms  # noqa: E402
+import ablation_common as ac
+from bench_output import pyplot
+from bench_runner import best_ms
 from specdec import cli
-from specdec.drafters import MedusaDrafter  # noqa: E402
-from specdec.medusa import load_medusa  # noqa: E402
-from specdec.model import Transformer  # noqa: E402
-from specdec.tree import TreeShape, parents_from_choices, shape_from_parents, sparse_tree  # noqa: E402
+from specdec.drafters import MedusaDrafter
+from specdec.medusa import load_medusa
+from specdec.model import Transformer
+from specdec.tree import TreeShape, parents_from_choices, shape_from_parents, sparse_tree
 
 STEM = "sweep_tree"
 QUICK_NODES, QUICK_DEPTHS = "4,8", "1,2"
@@ -183,7 +182,7 @@ def markdown_table(trees: list[dict], methods: dict, config: dict) -> str:
 def plot(trees: list[dict], plain_speedup: float, path: Path) -> None:
     """Speedup, tau and verify cost against tree size, one line per depth; the best tree starred,
     plain decoding dotted."""
-    plt = ac.pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for depth in sorted({t["depth"] for t in trees}):
         rows = sorted((t for t in trees if t["depth"] == depth), key=lambda t: t["nodes"])

@@ -1,7 +1,10 @@
 """Shared fixtures: tiny random Llama-family checkpoints (one per architecture path) and HF references."""
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,8 @@ import torch
 
 torch.set_num_threads(2)
 
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
 VOCAB = 512
 CONTEXT = 256  # max_position_embeddings of the tiny configs; tests stay well inside it
 
@@ -26,16 +31,39 @@ _COMMON = dict(
 )
 
 
-def load_script(path: Path):
-    """Import a script (train/, scripts/) as a module, registered so its dataclasses resolve their annotations."""
-    import importlib.util
-    import sys
+def run_script(path: Path, *args: str, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    """`python scripts/x.py ARGS` (or train/x.py) as a user runs it: its own folder first on its path, output
+    captured."""
+    return subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=timeout, **kw)
 
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+
+_CALLS = """
+import contextlib, io, json, sys
+import MODULE as module
+space = vars(module)
+exec(sys.argv[1], space)
+out = {}
+for key, expr in json.loads(sys.argv[2]).items():
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            out[key] = {"value": eval(expr, space)}
+    except (SystemExit, Exception) as e:
+        out[key] = {"raised": type(e).__name__, "message": str(e), "stderr": err.getvalue()}
+print(json.dumps(out, default=str))
+"""
+
+
+def call_in_scripts(module: str, calls: dict[str, str], setup: str = "", env: dict | None = None) -> dict[str, dict]:
+    """Evaluate Python expressions in a script module's namespace, in one `python` run in scripts/ (where the scripts
+    import one another, as when they run): {key: {"value": JSON-able result}} or, for one that raised (an argparse
+    error is SystemExit), {key: {"raised", "message", "stderr"}}. `setup` runs first in that namespace; `env`: the
+    process environment (default: this one)."""
+    code = _CALLS.replace("MODULE", module)
+    proc = subprocess.run([sys.executable, "-c", code, setup, json.dumps(calls)], cwd=SCRIPTS, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
 
 
 def tiny_config(family: str):

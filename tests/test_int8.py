@@ -4,14 +4,14 @@ up."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import CONTEXT, VOCAB, load_script
+from conftest import CONTEXT, SCRIPTS, VOCAB, run_script
 from specdec.backbone import load_transformer
 from specdec.decode import decode
 from specdec.drafters import LookaheadConfig, LookaheadDrafter, MedusaDrafter, NgramConfig, NgramDrafter
@@ -19,7 +19,6 @@ from specdec.medusa import MedusaConfig, MedusaHeads
 from specdec.quantize import WeightOnlyInt8Linear, int8_weight, load_int8, quantize_model, save_int8
 from specdec.training.loop import train
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 FAMILIES = ("llama", "llama3", "qwen2")  # untied MHA; tied GQA with llama3 rope; qkv bias
@@ -158,27 +157,30 @@ def test_bitsandbytes_vectorwise_int8_backbone_is_lossless(tiny_models):
             assert decode(model, prompt, drafter, max_new_tokens=24).tokens == plain, name
 
 
-def _memory_plan():
-    return load_script(ROOT / "scripts" / "memory_plan.py")
+def memory_plan(*flags: str) -> dict:
+    """scripts/memory_plan.py's plan for these flags, as the JSON it prints."""
+    proc = run_script(SCRIPTS / "memory_plan.py", *flags, "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
 
 
 def test_memory_plan_matches_a_hand_count_for_13b_int8():
-    p = _memory_plan().main(["--model", "13b", "--quantize", "int8", "--dtype", "fp16", "--context", "2048",
-                             "--tree", "64", "--medusa-heads", "4"])
+    p = memory_plan("--model", "13b", "--quantize", "int8", "--dtype", "fp16", "--context", "2048", "--tree", "64",
+                    "--medusa-heads", "4")
     d, layers, inter, vocab = 5120, 40, 13824, 32000
     per_layer_int8 = d * 3 * d + d * d + d * 2 * inter + inter * d  # wqkv, wo, w13, w2: 1 byte each
     per_layer_scales = (3 * d + d + 2 * inter + d) * 2
     weights = layers * (per_layer_int8 + per_layer_scales + 2 * d * 2) + vocab * d * 2 + vocab * d + vocab * 2 + d * 2
-    assert p.weights == weights == 13_184_442_880  # 12.28 GiB, added up by hand
-    assert p.kv_cache == 40 * 2 * 5120 * (2048 + 64) * 2
-    assert p.drafter_weights == 4 * (d * d + d) * 2 + vocab * d * 2  # heads + a float copy of the int8 lm_head
+    assert p["weights"] == weights == 13_184_442_880  # 12.28 GiB, added up by hand
+    assert p["kv_cache"] == 40 * 2 * 5120 * (2048 + 64) * 2
+    assert p["drafter_weights"] == 4 * (d * d + d) * 2 + vocab * d * 2  # heads + a float copy of the int8 lm_head
     tokens = 2048
     per_token = 3 * d + 3 * d + d + 3 * inter
-    assert p.activations == (tokens * per_token + 40 * tokens * tokens + vocab) * 2
-    assert p.total == p.weights + p.kv_cache + p.drafter_weights + p.activations
-    assert p.fits == {"32GB": True, "48GB": True, "80GB": True}
-    fp16 = _memory_plan().main(["--model", "13b", "--dtype", "fp16", "--context", "2048"])
-    assert fp16.weights == layers * (per_layer_int8 * 2 + 2 * d * 2) + 2 * vocab * d * 2 + d * 2
+    assert p["activations"] == (tokens * per_token + 40 * tokens * tokens + vocab) * 2
+    assert p["total"] == p["weights"] + p["kv_cache"] + p["drafter_weights"] + p["activations"]
+    assert p["fits"] == {"32GB": True, "48GB": True, "80GB": True}
+    fp16 = memory_plan("--model", "13b", "--dtype", "fp16", "--context", "2048")
+    assert fp16["weights"] == layers * (per_layer_int8 * 2 + 2 * d * 2) + 2 * vocab * d * 2 + d * 2
 
 
 def test_train_heads_over_an_int8_backbone(tiny_models, tmp_path):
