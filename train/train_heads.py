@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                         "cosine schedule) to end within it; never longer than --epochs")
     p.add_argument("--autocast", choices=("auto", "bf16", "off"), default=DEFAULTS["autocast"],
                    help="bf16 autocast of the heads' matmuls (weights and optimizer stay fp32); auto: on CUDA and on "
-                        "CPUs with native bf16 (1.5x an EAGLE-3 step on an AVX512-BF16 EPYC), else off")
+                        "CPUs with native bf16, else off")
     p.add_argument("--max-grad-norm", type=float, default=DEFAULTS["max_grad_norm"],
                    help="clip gradients to this norm (0: off; EAGLE uses 0.5)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=DEFAULTS["resume"])
