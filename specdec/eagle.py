@@ -96,6 +96,19 @@ def save_eagle(path: str | Path, draft: Draft, model: Transformer, extra: dict |
     return save_heads(path, kind, asdict(draft.config), draft.state_dict(), model, extra)
 
 
+def embedding_shift(draft_embed: Tensor, embed: Tensor, path: Path) -> Tensor:
+    """The constant row a draft's own token embedding adds to the backbone's (SafeAILab checkpoints may ship a copy:
+    shift 0; specdec.export folds fc's bias into one); any other embedding is refused: the draft reads the
+    backbone's."""
+    diff = draft_embed.float() - embed.float().to(draft_embed.device)
+    shift = diff.mean(0)
+    scale = draft_embed.float().abs().max()
+    if draft_embed.shape != embed.shape or (diff - shift).abs().max() > 2**-7 * scale + 1e-6:  # bf16 rounding passes
+        raise ValueError(f"{path}: the draft's embed_tokens is not the backbone's embedding (plus a constant row): "
+                         "these EAGLE drafts read the backbone's token embedding")
+    return shift
+
+
 def load_official_eagle(path: Path, model: Transformer) -> EagleDraft:
     """SafeAILab's layout: a one-layer Llama config.json + fc.* and layers.0.* weights (safetensors or .bin)."""
     from specdec.backbone import read_hf_state, to_block_state
@@ -110,12 +123,16 @@ def load_official_eagle(path: Path, model: Transformer) -> EagleDraft:
     if "fc.weight" not in hf:
         raise ValueError(f"{path}: no 'fc.weight': not the EAGLE draft layout")
     input_norm = "layers.0.input_layernorm.weight" in hf
-    draft = EagleDraft(EagleConfig(model.args.dim, model.args.vocab_size, fc_bias="fc.bias" in hf,
+    bias = hf.get("fc.bias")
+    if "embed_tokens.weight" in hf:
+        shift = embedding_shift(hf["embed_tokens.weight"], model.tok_embeddings.weight, path)
+        bias = (0 if bias is None else bias.float()) + hf["fc.weight"][:, : model.args.dim].float() @ shift
+    draft = EagleDraft(EagleConfig(model.args.dim, model.args.vocab_size, fc_bias=bias is not None,
                                    input_norm=input_norm), model.args)
     state = {"fc.weight": hf["fc.weight"], "vocab_ids": draft.vocab_ids,
              **to_block_state(hf, "layers.0.", "layer.", model.args, input_norm)}
-    if "fc.bias" in hf:
-        state["fc.bias"] = hf["fc.bias"]
+    if bias is not None:
+        state["fc.bias"] = bias
     try:
         draft.load_state_dict(state)
     except RuntimeError as e:

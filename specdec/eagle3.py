@@ -158,22 +158,39 @@ def official_state(draft: Eagle3Draft) -> dict[str, Tensor]:
 
 
 def is_official_eagle3(config: dict) -> bool:
-    """An official EAGLE-3 config.json (SafeAILab / SpecForge / vLLM): it names a draft vocabulary size."""
+    """An official EAGLE-3 config.json (SafeAILab / SpecForge / vLLM / speculators): it names a draft vocabulary
+    size."""
     return "kind" not in config and "draft_vocab_size" in config
+
+
+def official_config(cfg: dict, path: Path) -> dict:
+    """A speculators-format config (layer shape under transformer_layer_config, aux layer ids at the top) in the
+    SafeAILab / SpecForge shape; other configs as they are."""
+    if cfg.get("speculators_model_type") is None:
+        return cfg
+    if cfg["speculators_model_type"] != KIND:
+        raise ValueError(f"{path}: a speculators {cfg['speculators_model_type']!r} draft, not an EAGLE-3 one")
+    if cfg.get("norm_before_residual", True) or cfg.get("norm_before_fc") or cfg.get("fc_norm"):
+        raise ValueError(f"{path}: an EAGLE-3 variant with norm_before_residual / norm_before_fc / fc_norm; this draft "
+                         "keeps the residual on the un-normed feature and has no fc norms")
+    aux = cfg.get("eagle_aux_hidden_state_layer_ids")
+    return {**cfg.get("transformer_layer_config", {}), "draft_vocab_size": cfg["draft_vocab_size"],
+            "eagle_config": {"eagle_aux_hidden_state_layer_ids": aux} if aux else {}}
 
 
 def load_official_eagle3(path: Path, model: Transformer) -> Eagle3Draft:
     """SafeAILab / SpecForge layout: config.json (hidden_size, draft_vocab_size, ...) + fc, midlayer.*, norm,
-    lm_head, d2t, t2d (safetensors or .bin read with weights_only)."""
+    lm_head, d2t, t2d (safetensors or .bin read with weights_only); or the speculators format (layers.0.*)."""
     from specdec.backbone import read_hf_state
 
-    cfg = json.loads((path / "config.json").read_text())
+    cfg = official_config(json.loads((path / "config.json").read_text()), path)
     args = model.args
     if cfg.get("hidden_size") != args.dim or cfg.get("vocab_size", args.vocab_size) != args.vocab_size:
         raise ValueError(f"EAGLE-3 weights at {path} have hidden size {cfg.get('hidden_size')} and vocab "
                          f"{cfg.get('vocab_size')}, this backbone {args.dim} and {args.vocab_size}: they belong to "
                          "another backbone")
-    hf = read_hf_state(path)
+    hf = {k.replace("layers.0.", "midlayer.", 1) if k.startswith("layers.0.") else k: v
+          for k, v in read_hf_state(path).items()}
     missing = [k for k in (*_RENAMES, "midlayer.self_attn.q_proj.weight", "midlayer.mlp.gate_proj.weight")
                if k not in hf]
     if missing:
@@ -185,6 +202,10 @@ def load_official_eagle3(path: Path, model: Transformer) -> Eagle3Draft:
     state["layer.attention.wqkv.weight"] = torch.cat([hf[f"midlayer.self_attn.{n}_proj.weight"] for n in "qkv"])
     state["layer.feed_forward.w13.weight"] = torch.cat([hf["midlayer.mlp.gate_proj.weight"],
                                                         hf["midlayer.mlp.up_proj.weight"]])
+    if args.qkv_bias:
+        state["layer.attention.wqkv.bias"] = torch.cat([hf[f"midlayer.self_attn.{n}_proj.bias"] for n in "qkv"])
+    if args.o_bias:
+        state["layer.attention.wo.bias"] = hf["midlayer.self_attn.o_proj.bias"]
     state["d2t"], state["t2d"] = state["d2t"].long(), state["t2d"].bool()
     try:
         draft.load_state_dict(state)

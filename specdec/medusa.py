@@ -167,12 +167,54 @@ def load_official_medusa(path: Path, model: Transformer) -> MedusaHeads:
     return heads
 
 
+def load_vllm_medusa(path: Path, model: Transformer) -> MedusaHeads:
+    """vLLM's Medusa layout (what specdec.export writes): config.json (num_heads, num_hidden_layers,
+    truncated_vocab_size, original_lm_head) + blocks.{i}.layers.{j}, lm_heads.{i} (one shared with original_lm_head),
+    token_map for a draft vocabulary. A shared lm_head equal to the backbone's rows is read as the backbone's."""
+    from specdec.backbone import read_hf_state
+
+    cfg = json.loads((path / "config.json").read_text())
+    args, hf = model.args, read_hf_state(path)
+    if (cfg.get("hidden_size"), cfg.get("vocab_size")) != (args.dim, args.vocab_size):
+        raise ValueError(f"Medusa heads at {path} have hidden size {cfg.get('hidden_size')} and vocab "
+                         f"{cfg.get('vocab_size')}, this backbone {args.dim} and {args.vocab_size}")
+    n_heads, n_layers = int(cfg["num_heads"]), int(cfg.get("num_hidden_layers", 1))
+    vocab_ids = hf.get("token_map", torch.arange(args.vocab_size)).long()
+    draft_vocab = len(vocab_ids) if len(vocab_ids) < args.vocab_size else 0
+    heads_w = [hf.get(f"lm_heads.{0 if cfg.get('original_lm_head') else i}.weight") for i in range(n_heads)]
+    if any(w is None for w in heads_w):
+        raise ValueError(f"{path}: lm_heads.* missing: not vLLM's Medusa layout")
+    heads_w = [w[vocab_ids] if w.shape[0] > len(vocab_ids) else w for w in heads_w]
+    backbone_rows = model.output.weight[vocab_ids.to(model.output.weight.device)].float().cpu()
+    own = not (cfg.get("original_lm_head") and torch.allclose(heads_w[0].float(), backbone_rows, rtol=1e-2, atol=1e-3))
+    heads = MedusaHeads(MedusaConfig(args.dim, args.vocab_size, n_heads, n_layers, own_lm_head=own,
+                                     draft_vocab=draft_vocab))
+    state = {"vocab_ids": vocab_ids[: len(heads.vocab_ids)]}
+    for i in range(n_heads):
+        for j in range(n_layers):
+            w = hf.get(f"blocks.{i}.layers.{j}.weight")
+            if w is None:
+                raise ValueError(f"{path}: no blocks.{i}.layers.{j}.weight: config.json claims {n_heads} heads of "
+                                 f"{n_layers} layers")
+            state[f"heads.{i}.blocks.{j}.linear.weight"] = w
+            state[f"heads.{i}.blocks.{j}.linear.bias"] = hf.get(f"blocks.{i}.layers.{j}.bias", torch.zeros(args.dim))
+        if own:
+            state[f"heads.{i}.lm_head.weight"] = heads_w[i]
+    try:
+        heads.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"Medusa heads at {path} do not fit this backbone (dim {args.dim}): {e}") from e
+    return heads
+
+
 def load_medusa(path: str | Path, model: Transformer) -> tuple[MedusaHeads, dict]:
     """Heads from our checkpoint or an official Medusa one, on the backbone's device and dtype; plus metadata."""
     path = resolve_weights(path, model, SHIPPED)
     meta = read_config(path)
     if "medusa_num_heads" in meta:
         heads, meta = load_official_medusa(path, model), {"kind": KIND, "source": "official"}
+    elif meta.get("model_type") == "medusa":
+        heads, meta = load_vllm_medusa(path, model), {"kind": KIND, "source": "vllm"}
     else:
         heads, meta = load_module(path, KIND, model, lambda cfg: MedusaHeads(MedusaConfig(**cfg)))
     w = model.output.weight
