@@ -101,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verify", choices=("auto",) + VERIFY_MODES, default="auto",
                    help="our methods' verify forward (auto: eager on CPU, CUDA graphs on GPU)")
     p.add_argument("--seed", type=int, default=0, help="torch seed (hf sampling) and our samplers' seed")
+    p.add_argument("--peers", choices=("vllm",), action="append", default=[],
+                   help="add peer engines' rows on the same prompts: vllm (its CPU build in .venv-vllm, "
+                        "scripts/vllm_bench.py)")
     p.add_argument("--out", default="results/tmp/mtbench",
                    help="output directory (default git-ignored: a quick run never overwrites reference results)")
     args = p.parse_args(argv)
@@ -367,7 +370,21 @@ def main(argv: list[str] | None = None) -> dict:
     paths = write_results(args.out, config, results)
     print(markdown(results, config))
     print("wrote " + ", ".join(map(str, paths)))
+    if "vllm" in args.peers:
+        print(vllm_peers(args, questions, backbone))
     return {"config": config, "methods": results}
+
+
+def vllm_peers(args: argparse.Namespace, questions: list[Question], backbone: specdec.Backbone) -> str:
+    """--peers vllm: the same first turns on vLLM's CPU build (scripts/vllm_bench.py), also written to
+    <out>/vllm_peers.md."""
+    import vllm_bench
+
+    prompts = [backbone.encode_chat(q.turns[0]) for q in questions]
+    dtype = "bf16" if backbone.model.output.weight.dtype == torch.bfloat16 else "fp32"
+    table = vllm_bench.peer_table(prompts, backbone.stop_ids, args.max_new_tokens, dtype, args.threads, Path(args.out))
+    (Path(args.out) / "vllm_peers.md").write_text(table + "\n")
+    return table
 
 
 if __name__ == "__main__":

@@ -2,13 +2,12 @@
 logits (fp32), the configs carry what vLLM reads, and what a layout cannot express is a clear error."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import SCRIPTS, run_script
 from specdec.eagle import load_eagle, save_eagle
 from specdec.export import export_backbone, export_draft, export_eagle, fold_fc_bias
 from specdec.medusa import load_medusa, save_medusa
@@ -132,18 +131,17 @@ def test_backbone_gets_architectures_and_the_source_is_untouched(tiny_models, tm
     assert (src / "config.json").read_text() == before
 
 
-def test_export_script_writes_every_draft_and_prints_serve_commands(runners, tiny_models, tmp_path, capsys):
+def test_export_script_writes_every_draft_and_prints_serve_commands(runners, tiny_models, tmp_path):
     model = runners["llama3"]
     save_eagle(tmp_path / "eagle3", random_eagle3(model, draft_vocab=64), model)
     save_medusa(tmp_path / "medusa", random_heads(model, 2, False, draft_vocab=50), model)
-    spec = importlib.util.spec_from_file_location("export_heads", Path(__file__).parents[1] / "scripts/export_heads.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    report = script.main(["--backbone", str(tiny_models["llama3"].path), "--weights", str(tmp_path / "eagle3"),
-                          "--weights", str(tmp_path / "medusa"), "--out", str(tmp_path / "out"), "--dtype", "fp32"])
-    assert set(report) == {"eagle3", "medusa"}
-    text = capsys.readouterr().out
-    assert text.count("vllm serve") == 2 and "--model-loader-extra-config" in text
+    proc = run_script(SCRIPTS / "export_heads.py", "--backbone", str(tiny_models["llama3"].path), "--weights",
+                      str(tmp_path / "eagle3"), "--weights", str(tmp_path / "medusa"), "--out", str(tmp_path / "out"),
+                      "--dtype", "fp32")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("vllm serve") == 2 and "--model-loader-extra-config" in proc.stdout
     assert json.loads((tmp_path / "out" / "backbone" / "config.json").read_text())["architectures"]
     back, _ = load_medusa(tmp_path / "out" / "medusa", model)
     assert back.config.draft_vocab == 50
+    proc = run_script(SCRIPTS / "export_heads.py", "--weights", "medusa-trigram", "--out", str(tmp_path / "t"))
+    assert proc.returncode == 2 and "trigram-conditioned" in proc.stderr
