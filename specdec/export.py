@@ -157,8 +157,15 @@ def export_eagle(draft: EagleDraft, model: Transformer, out: str | Path, specula
     ours = {k: v.float().cpu() for k, v in draft.state_dict().items()}
     state = {"fc.weight": ours["fc.weight"], **block_state(ours, "layer.", "layers.0.", args)}
     if draft.config.fc_bias:
-        state["embed_tokens.weight"] = fold_fc_bias(draft, model.tok_embeddings.weight)
+        embed = state["embed_tokens.weight"] = fold_fc_bias(draft, model.tok_embeddings.weight)
         notes.append("fc bias folded into the draft's own embed_tokens (vLLM's EAGLE fc has no bias)")
+        rows = embed[:: max(1, len(embed) // 4096)]
+        error = float(((rows.to(dtype).float() - rows) @ ours["fc.weight"][:, : args.dim].T).abs().max())
+        bias = float(ours["fc.bias"].abs().max())
+        if error > 0.05 * bias:  # an ill-conditioned W_e makes the shift large, and its rounding reaches fc's output
+            notes.append(f"in {str(dtype).removeprefix('torch.')} the folded embedding rounds to fc output errors up "
+                         f"to {error:.3g} (the bias itself is at most {bias:.3g}): export and serve in fp32 to keep "
+                         "the fold exact")
     if draft.config.draft_vocab:
         notes.append(f"draft vocabulary of {draft.config.draft_vocab} tokens dropped: vLLM's EAGLE-1 scores the whole "
                      "vocabulary with the backbone's lm_head, so its drafts can differ where the top token lies "
