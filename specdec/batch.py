@@ -169,7 +169,12 @@ def decode_batch(
         seqs = [seq for _, seq, _ in active]
         for seq in seqs:
             seq.drafter.set_rows(len(seqs))
-        trees = [seq.propose() for seq in seqs]
+        drafters = [seq.drafter for seq in seqs]
+        if all(type(d) is type(drafters[0]) for d in drafters):
+            drafted = type(drafters[0]).propose_batch(drafters, [seq.state for seq in seqs])
+            trees = [seq.fit(tree) for seq, tree in zip(seqs, drafted)]
+        else:
+            trees = [seq.propose() for seq in seqs]
         starts = torch.tensor([seq.length for seq in seqs], device=device)
         tokens, positions, mask, paths = _step_inputs(trees, starts)
         if tokens.shape[1] > MAX_TREE:

@@ -122,7 +122,10 @@ class DecodeSequence:
 
     def propose(self) -> Tree:
         """The drafter's tree, or the root alone where the tree would not fit the context."""
-        tree = self.drafter.propose(self.state)
+        return self.fit(self.drafter.propose(self.state))
+
+    def fit(self, tree: Tree) -> Tree:
+        """The tree, or the root alone where it would not fit the context."""
         return root_only(self.state) if self.length + tree.shape.size > self.max_seq_len else tree
 
     def sample_accept(self, tree: Tree, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:

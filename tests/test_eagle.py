@@ -71,25 +71,25 @@ def chain_logprobs(model, draft: EagleDraft, state: DecodeState, path: list[int]
 
 
 @pytest.mark.parametrize("tree", ["dynamic", [[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0, 0]]])
-def test_tree_scores_equal_a_recomputation_from_scratch(runners, tree):
+@pytest.mark.parametrize("rows", [1, 3])
+def test_tree_scores_equal_a_recomputation_from_scratch(runners, tree, rows):
+    """Alone, or drafted together with other rows (forks begun on other prompts, as a batch drafts), each row's
+    candidate scores are its paths' log-probabilities recomputed from scratch."""
     model = runners["llama3"]
     draft = random_draft(model, seed=4, draft_vocab=100)
     drafter = EagleDrafter(model, draft, tree=tree, depth=4, top_k=3, total_tokens=40, verify_cost={})
-    state = begun(model, drafter, PROMPTS[0])
-    tokens, parents, scores = (drafter._dynamic(drafter_logp(drafter)) if tree == "dynamic"
-                               else drafter._static(drafter_logp(drafter)))
-    assert len(tokens) == (3 + 3 * 9 if tree == "dynamic" else len(tree))
-    for leaf in range(len(tokens)):
-        path, node = [], leaf
-        while node >= 0:
-            path.append(int(tokens[node]))
-            node = int(parents[node])
-        expected = sum(chain_logprobs(model, draft, state, path[::-1]))
-        assert float(scores[leaf]) == pytest.approx(expected, abs=1e-4)
-
-
-def drafter_logp(drafter: EagleDrafter) -> torch.Tensor:
-    return F.log_softmax(drafter.score(drafter.last).float(), dim=-1)[0]
+    forks = [drafter] + [drafter.fork() for _ in range(rows - 1)]
+    states = [begun(model, d, PROMPTS[i]) for i, d in enumerate(forks)]
+    candidates = EagleDrafter.candidates(forks)
+    for state, tokens, parents, scores in zip(states, *candidates):
+        assert len(tokens) == (3 + 3 * 9 if tree == "dynamic" else len(tree))
+        for leaf in range(len(tokens)):
+            path, node = [], leaf
+            while node >= 0:
+                path.append(int(tokens[node]))
+                node = int(parents[node])
+            expected = sum(chain_logprobs(model, draft, state, path[::-1]))
+            assert float(scores[leaf]) == pytest.approx(expected, abs=1e-4)
 
 
 @HYP

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from conftest import FAMILIES
 from specdec.decode import decode
 from specdec.drafters import make_drafter
-from specdec.drafters.eagle import eagle3
+from specdec.drafters.eagle import EagleDrafter, eagle3
 from specdec.drafters.ngram import NgramConfig
 from specdec.eagle import load_eagle, save_eagle
 from specdec.eagle3 import Eagle3Config, Eagle3Draft, default_aux_layers, official_state
@@ -112,7 +112,7 @@ def test_tree_scores_equal_a_recomputation_from_scratch(runners):
                         layers=out.layers)
     drafter.begin(state)
     fused = draft.decode_features(out.hidden, out.layers)
-    tokens, parents, scores = drafter._dynamic(F.log_softmax(drafter.score(drafter.last).float(), dim=-1)[0])
+    tokens, parents, scores = (c[0] for c in EagleDrafter.candidates([drafter]))
     for leaf in range(len(tokens)):
         path, node = [], leaf
         while node >= 0:

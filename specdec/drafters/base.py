@@ -45,6 +45,12 @@ class Drafter(ABC):
     def update(self, state: DecodeState) -> None:
         """Called after each committed step."""
 
+    @staticmethod
+    def propose_batch(drafters: list["Drafter"], states: list[DecodeState]) -> list[Tree]:
+        """Trees for rows decoded together (specdec.batch), one drafter of this class per row: by default each row on
+        its own; a drafter that can draft many rows in one pass overrides this."""
+        return [d.propose(s) for d, s in zip(drafters, states)]
+
     def set_rows(self, rows: int) -> None:
         """Size trees for `rows` sequences verified together (specdec.batch): a node then costs more. Drafters that cut
         their trees by verify cost override this."""

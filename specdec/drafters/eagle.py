@@ -81,7 +81,6 @@ class EagleDrafter(Drafter):
         self.cost_of_rows = partial(verify_cost_curve, kind, self.total + extra, device, verify_cost)
         self.rows = 1
         self.kv: Tensor | None = None
-        self.anc: Tensor | None = None
         self.length = 0
         self.last: Tensor | None = None
 
@@ -110,7 +109,6 @@ class EagleDrafter(Drafter):
         size = self.model.max_seq_len + self.tree_slots
         if self.kv is None or self.kv.shape[2] != size:
             self.kv = self.draft.new_cache(size)
-            self.anc = torch.zeros(self.tree_slots, self.tree_slots, dtype=torch.bool, device=self.kv.device)
         self.length = 0
         prompt = state.tokens[: state.prompt_len + 1]
         self._commit(self.draft.decode_features(state.hidden, state.layers), prompt[1:])
@@ -134,77 +132,136 @@ class EagleDrafter(Drafter):
         self.length += n
         self.last = out[-1:]
 
-    def _expand(self, feats: Tensor, tokens: Tensor, parent_slots: Tensor, written: int,
-                depth: int) -> tuple[Tensor, Tensor]:
-        """Draft one tree level: rows (parent feature, token) at slots written.. ; returns their log-probs."""
-        n, device = tokens.shape[0], tokens.device
-        rows = self.anc[parent_slots.clamp(min=0)] & (parent_slots >= 0)[:, None]
-        rows[torch.arange(n, device=device), written + torch.arange(n, device=device)] = True
-        self.anc[written : written + n] = rows
-        mask = torch.cat((torch.ones(n, self.length, dtype=torch.bool, device=device), rows[:, : written + n]), dim=1)
-        pos = torch.full((n,), self.length + depth - 1, device=device)
-        out = self.draft(feats, tokens, self.embed, self.model.rope_cos[pos], self.model.rope_sin[pos], self.kv,
-                         self.length + written, mask)
+    def _expand(self, feats: Tensor, tokens: Tensor, parent_slots: Tensor, written: int, depth: int, kv: Tensor,
+                lengths: Tensor, anc: Tensor) -> tuple[Tensor, Tensor]:
+        """Draft one tree level in R rows: row r's nodes (parent feature [R, n, d], token [R, n]) go to its tree slots
+        written.. after its committed length lengths[r] in its draft cache kv[:, r]; anc [R, slots, slots] is each
+        row's tree ancestry so far. Returns the nodes' outputs and log-probs."""
+        (R, n), device = tokens.shape, tokens.device
+        new = torch.arange(n, device=device)
+        seen = anc.gather(1, parent_slots.clamp(min=0)[..., None].expand(R, n, anc.shape[2]))
+        seen &= (parent_slots >= 0)[..., None]
+        seen[:, new, written + new] = True
+        anc[:, written : written + n] = seen
+        span = int(lengths.max()) + written + n
+        offset = torch.arange(span, device=device)[None, :] - lengths[:, None]  # slot relative to the tree's first
+        in_tree = (offset >= 0) & (offset < written + n)
+        tree = seen.gather(2, offset.clamp(0, written + n - 1)[:, None, :].expand(R, n, span))
+        mask = (offset < 0)[:, None, :] | (tree & in_tree[:, None, :])
+        pos = (lengths + depth - 1)[:, None].expand(R, n)
+        cos, sin = self.model.rope_cos[pos].unsqueeze(1), self.model.rope_sin[pos].unsqueeze(1)
+        out = self.draft(feats, tokens, self.embed, cos, sin, kv, lengths[:, None] + written + new, mask.unsqueeze(1))
         return out, F.log_softmax(self.score(out).float(), dim=-1)
 
     # ---------------------------------------------------------------- trees
 
     def propose(self, state: DecodeState) -> Tree:
-        if self.length + self.depth > self.model.max_seq_len:
-            return root_only(state)
-        logp = F.log_softmax(self.score(self.last).float(), dim=-1)[0]
-        tokens, parents, scores = self._dynamic(logp) if self.dynamic else self._static(logp)
-        limit = self.total - 1
-        if self.lookup is not None:
-            size = len(tokens)
-            tokens, parents, scores = self.lookup.unite(state.tokens, tokens, parents, scores)
-            limit += len(tokens) - size
-        return best_tree(state.tokens[-1], tokens, parents, scores, limit, self.cost)
+        return self.propose_batch([self], [state])[0]
 
-    def _dynamic(self, logp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """EAGLE-2 candidates: (tokens, parent candidate index or -1, path log-probability), depth by depth."""
-        k, device = self.top_k, logp.device
-        score, idx = logp.topk(k)
-        tokens, parents, scores = [self.vocab_ids[idx]], [torch.full((k,), -1, device=device)], [score]
-        feats, front, front_ids = self.last.expand(k, -1), tokens[0], torch.arange(k, device=device)
-        parent_slots, written, n = torch.full((k,), -1, device=device), 0, k
+    @staticmethod
+    def propose_batch(drafters: list["EagleDrafter"], states: list[DecodeState]) -> list[Tree]:
+        """Trees for rows decoded together, drafted in one pass per tree level when the rows' drafters are forks of
+        one (the same draft and tree settings); a row too near the context end gets the root alone."""
+        trees: list[Tree | None] = [None] * len(drafters)
+        live = []
+        for i, (d, state) in enumerate(zip(drafters, states)):
+            if d.length + d.depth > d.model.max_seq_len:
+                trees[i] = root_only(state)
+            else:
+                live.append(i)
+        lead = drafters[live[0]] if live else None
+        together = all(drafters[i].draft is lead.draft and drafters[i].plan == lead.plan for i in live)
+        for group in [live] if together and live else [[i] for i in live]:
+            rows = EagleDrafter._draft_rows([drafters[i] for i in group], [states[i] for i in group])
+            for i, tree in zip(group, rows):
+                trees[i] = tree
+        return trees
+
+    @property
+    def plan(self) -> tuple:
+        """What shapes a tree: rows with equal plans draft together."""
+        return (self.depth, self.top_k) if self.dynamic else (tuple(self.choices),)
+
+    @staticmethod
+    def candidates(drafters: list["EagleDrafter"]) -> tuple[Tensor, Tensor, Tensor]:
+        """Each row's tree candidates [R, N], drafted together (forks of one drafter, each begun on its own
+        sequence): tokens, parent candidate index (-1: the root) and path log-probability."""
+        lead = drafters[0]
+        device = lead.kv.device
+        lengths = torch.tensor([d.length for d in drafters], device=device)
+        if len(drafters) == 1:
+            kv = lead.kv.unsqueeze(1)  # a view: the tree's scratch slots are written in place
+        else:
+            span = int(lengths.max()) + lead.tree_slots
+            kv = torch.stack([d.kv[:, :, :span] for d in drafters], dim=1)
+        last = torch.cat([d.last for d in drafters])
+        logp = F.log_softmax(lead.score(last).float(), dim=-1)
+        anc = torch.zeros(len(drafters), lead.tree_slots, lead.tree_slots, dtype=torch.bool, device=device)
+        return (lead._dynamic if lead.dynamic else lead._static)(logp, last, kv, lengths, anc)
+
+    @staticmethod
+    def _draft_rows(drafters: list["EagleDrafter"], states: list[DecodeState]) -> list[Tree]:
+        trees = []
+        for d, state, tokens, parents, scores in zip(drafters, states, *EagleDrafter.candidates(drafters)):
+            limit = d.total - 1
+            if d.lookup is not None:
+                size = len(tokens)
+                tokens, parents, scores = d.lookup.unite(state.tokens, tokens, parents, scores)
+                limit += len(tokens) - size
+            trees.append(best_tree(state.tokens[-1], tokens, parents, scores, limit, d.cost))
+        return trees
+
+    def _dynamic(self, logp: Tensor, last: Tensor, kv: Tensor, lengths: Tensor,
+                 anc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """EAGLE-2 candidates per row [R, N]: (tokens, parent candidate index or -1, path log-probability), depth by
+        depth."""
+        (R, _), k, device = logp.shape, self.top_k, logp.device
+        score, idx = logp.topk(k, dim=-1)
+        tokens, parents, scores = [self.vocab_ids[idx]], [torch.full((R, k), -1, device=device)], [score]
+        feats, front = last[:, None].expand(R, k, -1), tokens[0]
+        front_ids = torch.arange(k, device=device).expand(R, k)
+        parent_slots, written, n = torch.full((R, k), -1, device=device), 0, k
         for depth in range(1, self.depth):
-            out, logp = self._expand(feats, front, parent_slots, written, depth)
+            out, logp = self._expand(feats, front, parent_slots, written, depth, kv, lengths, anc)
             slots = torch.arange(written, written + k, device=device)
             written += k
             child, idx = logp.topk(k, dim=-1)
-            cum = (score[:, None] + child).flatten()
-            tokens.append(self.vocab_ids[idx.flatten()])
-            parents.append(front_ids.repeat_interleave(k))
+            cum = (score[..., None] + child).flatten(1)
+            tokens.append(self.vocab_ids[idx.flatten(1)])
+            parents.append(front_ids.repeat_interleave(k, dim=1))
             scores.append(cum)
-            best = cum.topk(k).indices
-            feats, front, score = out[best // k], tokens[-1][best], cum[best]
+            best = cum.topk(k, dim=-1).indices
+            feats = out.gather(1, (best // k)[..., None].expand(R, k, out.shape[-1]))
+            front, score = tokens[-1].gather(1, best), cum.gather(1, best)
             parent_slots, front_ids = slots[best // k], n + best
             n += k * k
-        return torch.cat(tokens), torch.cat(parents), torch.cat(scores)
+        return torch.cat(tokens, dim=1), torch.cat(parents, dim=1), torch.cat(scores, dim=1)
 
-    def _static(self, logp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """EAGLE-1 candidates: the static tree's nodes in choice order (depth by depth)."""
-        device = logp.device
-        top = logp.topk(max(self.first_ranks) + 1)
+    def _static(self, logp: Tensor, last: Tensor, kv: Tensor, lengths: Tensor,
+                anc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """EAGLE-1 candidates per row [R, N]: the static tree's nodes in choice order (depth by depth)."""
+        R, device = logp.shape[0], logp.device
+        top = logp.topk(max(self.first_ranks) + 1, dim=-1)
         ranks = torch.tensor(self.first_ranks, device=device)
-        level_tokens, level_scores = self.vocab_ids[top.indices[ranks]], top.values[ranks]
-        feats, parent_slots = self.last.expand(len(ranks), -1), torch.full((len(ranks),), -1, device=device)
+        level_tokens, level_scores = self.vocab_ids[top.indices[:, ranks]], top.values[:, ranks]
+        feats = last[:, None].expand(R, len(ranks), -1)
+        parent_slots = torch.full((R, len(ranks)), -1, device=device)
         tokens, scores, written = [level_tokens], [level_scores], 0
         for depth, (expand, (rows, kid_ranks)) in enumerate(zip(self.expand, self.child_of), start=1):
             at = torch.tensor(expand, device=device)
-            out, lp = self._expand(feats[at], level_tokens[at], parent_slots[at], written, depth)
+            out, lp = self._expand(feats[:, at], level_tokens[:, at], parent_slots[:, at], written, depth, kv,
+                                   lengths, anc)
             slots = torch.arange(written, written + len(expand), device=device)
             written += len(expand)
             rows_t, ranks_t = torch.tensor(rows, device=device), torch.tensor(kid_ranks, device=device)
             top = lp.topk(max(kid_ranks) + 1, dim=-1)
-            level_tokens = self.vocab_ids[top.indices[rows_t, ranks_t]]
-            level_scores = level_scores[at][rows_t] + top.values[rows_t, ranks_t]
-            feats, parent_slots = out[rows_t], slots[rows_t]
+            level_tokens = self.vocab_ids[top.indices[:, rows_t, ranks_t]]
+            level_scores = level_scores[:, at][:, rows_t] + top.values[:, rows_t, ranks_t]
+            feats, parent_slots = out[:, rows_t], slots[rows_t].expand(R, -1)
             tokens.append(level_tokens)
             scores.append(level_scores)
         parents = torch.tensor(parents_from_choices(self.choices)[1:], device=device) - 1
-        return torch.cat(tokens), parents, torch.cat(scores)
+        return torch.cat(tokens, dim=1), parents.expand(R, -1), torch.cat(scores, dim=1)
 
 
 def eagle2(model: Transformer, draft: str | Path | Draft = "eagle", depth: int | None = None,
