@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None):
                    help="weights for a method that takes them (Medusa heads, an EAGLE draft); repeatable")
     p.add_argument("--threads", type=int, default=default_threads(),
                    help="torch threads (default: $OMP_NUM_THREADS when set, else every core this process may use)")
+    p.add_argument("--peers", choices=("vllm",), action="append", default=[],
+                   help="add vLLM's CPU build (.venv-vllm, scripts/setup_vllm.sh), plain and n-gram, on the same "
+                        "prompts at each batch size (static batches)")
     p.add_argument("--out", default="results/tmp/throughput",
                    help="output directory (default git-ignored: a quick run never overwrites reference results)")
     args = p.parse_args(argv)
@@ -104,20 +107,47 @@ def identity(tokens: list[list[int]], reference: list[DecodeResult]) -> dict:
     return {"identical": len(tokens) - len(gaps), "of": len(tokens), "divergence_top2_gaps": gaps}
 
 
-def summary(tokens: list[list[int]], latency: list[float], wall: float, steps: int | None, emitted: int | None,
-            ident: dict) -> dict:
-    lat = sorted(latency)
-    return {"tokens_per_s": sum(map(len, tokens)) / wall, "latency_mean_s": sum(lat) / len(lat),
-            "latency_p90_s": lat[min(len(lat) - 1, int(0.9 * len(lat)))],
+def summary(tokens: list[list[int]], latency: list[float] | None, wall: float, steps: int | None,
+            emitted: int | None, ident: dict) -> dict:
+    lat = sorted(latency or [])
+    return {"tokens_per_s": sum(map(len, tokens)) / wall, "latency_mean_s": sum(lat) / len(lat) if lat else None,
+            "latency_p90_s": lat[min(len(lat) - 1, int(0.9 * len(lat)))] if lat else None,
             "tau": None if not steps else emitted / steps, "identical": ident}
 
 
+def vllm_peers(prompts: list[list[int]], backbone: specdec.Backbone, dtype: torch.dtype, args, out: Path,
+               reference: list[DecodeResult]) -> dict[str, dict]:
+    """--peers vllm: vLLM's CPU build on the same prompts, plain ("vllm") and its n-gram speculator ("vllm-ngram"),
+    at each batch size (batches of that many prompts in order), in rows like ours (latency not measured; tau is
+    vLLM's mean accepted length); nothing, with a line saying why, when .venv-vllm does not exist."""
+    import argparse
+
+    import vllm_bench
+    from specdec.export import export_backbone
+
+    if not vllm_bench.VLLM_PYTHON.is_file():
+        print(f"vLLM peers skipped: no {vllm_bench.VLLM_PYTHON.parents[1]} (bash scripts/setup_vllm.sh makes it)")
+        return {}
+    served = export_backbone(backbone.path, out / "export" / "backbone")
+    settings = argparse.Namespace(batch_sizes=args.batch_sizes, max_new_tokens=args.max_new_tokens,
+                                  dtype="bf16" if dtype == torch.bfloat16 else "fp32", threads=args.threads,
+                                  speculative_tokens=3)
+    peers = {}
+    for method, name in (("vanilla", "vllm"), ("ngram", "vllm-ngram")):
+        rows = vllm_bench.vllm_rows(method, prompts, backbone.stop_ids, served, None, settings)
+        peers[name] = {str(r["batch"]): summary(r["tokens"], None, r["wall_s"], None, None,
+                                                identity(r["tokens"], reference)) | {"tau": r["mean_accepted"]}
+                       for r in rows}
+    return peers
+
+
 def stops_paying(methods: dict[str, dict]) -> dict[str, int | None]:
-    """Per drafter, the smallest batch size whose tokens/s is at or below plain decoding's (None: it always pays)."""
+    """Per drafter of ours, the smallest batch size whose tokens/s is at or below our plain decoding's (None: it always
+    pays)."""
     plain = methods["vanilla"]
     return {name: next((int(b) for b, row in sorted(rows.items(), key=lambda kv: int(kv[0]))
                         if row["tokens_per_s"] <= plain[b]["tokens_per_s"]), None)
-            for name, rows in methods.items() if name not in ("hf", "vanilla")}
+            for name, rows in methods.items() if name not in ("hf", "vanilla") and not name.startswith("vllm")}
 
 
 def caption(config: dict) -> str:
@@ -148,7 +178,7 @@ def markdown(methods: dict[str, dict], config: dict) -> str:
             known = [g for g in gaps if g is not None]
             ident += f", top-2 gap ≤ {max(known):.3g}" if known else ""
             ident += f", {len(gaps) - len(known)} gap unknown" if len(known) < len(gaps) else ""
-        pays = "—" if name in ("hf", "vanilla") else (f"batch {paying[name]}" if paying[name] else "pays at every size")
+        pays = "—" if name not in paying else (f"batch {paying[name]}" if paying[name] else "pays at every size")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {tau} | {ident} | {pays} |")
     lines += ["", "identical: prompts token-identical to our plain decoding at batch 1, summed over the batch sizes; "
               "for the others, the largest top-2 logit gap of plain decoding where they first differ. In fp32 no "
@@ -220,12 +250,14 @@ def main(argv: list[str] | None = None) -> dict:
                     emitted = sum(sum(r.stats.accepted) for r in res)
                 methods[name][str(b)] = summary(tokens, latency, wall, steps, emitted, identity(tokens, reference))
                 bar.update()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if "vllm" in args.peers:
+        methods |= vllm_peers(prompts, backbone, dtype, args, out, reference)
     config = {"flags": {k: v for k, v in vars(args).items()}, "questions": len(prompts),
               "question_ids": [q.question_id for q in questions], "max_new_tokens": args.max_new_tokens,
               "backbone_path": str(backbone.path), "dtype": str(dtype).removeprefix("torch."),
               "machine": machine_info(torch.device("cpu")), "benchmark_wall_s": time.perf_counter() - t_start}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     result = {"config": config, "methods": methods, "stops_paying": stops_paying(methods)}
     (out / "throughput.json").write_text(json.dumps(result, indent=2))
     table = markdown(methods, config)

@@ -4,8 +4,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from specdec.chat import detect_chat_format, format_chat
+from specdec.checkpoint import atomic_directory
 from specdec.model import ModelArgs, Transformer
 from specdec.packed import pack_linears
 from specdec.quantize import quantize_model
@@ -67,9 +66,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
 
     if not gguf.is_file():
         raise FileNotFoundError(f"GGUF file not found: {gguf}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         try:
             hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -83,11 +80,6 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
         save_file(state, tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         tok.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -6,7 +6,9 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -42,22 +44,31 @@ def check_backbone(saved: dict, model: Transformer, path: Path) -> None:
                          "train heads for this one with train/train_heads.py")
 
 
-def save_heads(path: str | Path, kind: str, config: dict, state: dict[str, Tensor], model: Transformer,
-               extra: dict | None = None) -> Path:
-    """Write heads atomically: a half-written directory never replaces a good one."""
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """A fresh directory to fill that replaces `path` when the block ends without error: a half-written directory
+    never replaces a good one. Readable by other users (a model directory is often served by another account)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    tmp.chmod(0o755)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS))
-        meta = {"kind": kind, "config": config, "backbone": backbone_fingerprint(model), **(extra or {})}
-        (tmp / CONFIG).write_text(json.dumps(meta, indent=1))
+        yield tmp
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return path
+
+
+def save_heads(path: str | Path, kind: str, config: dict, state: dict[str, Tensor], model: Transformer,
+               extra: dict | None = None) -> Path:
+    """Write heads atomically (see atomic_directory)."""
+    with atomic_directory(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS))
+        meta = {"kind": kind, "config": config, "backbone": backbone_fingerprint(model), **(extra or {})}
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=1))
+    return Path(path)
 
 
 def read_config(path: str | Path) -> dict:

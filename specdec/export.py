@@ -19,9 +19,6 @@ The loaders in specdec.eagle / specdec.medusa read every exported layout back (t
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from specdec.checkpoint import atomic_directory
 from specdec.eagle import EagleDraft
 from specdec.eagle3 import Eagle3Draft
 from specdec.medusa import MedusaHeads
@@ -230,19 +228,10 @@ def export_draft(draft: EagleDraft | Eagle3Draft | MedusaHeads, model: Transform
 
 def _write(out: str | Path, config: dict, tensors: dict[str, Tensor]) -> Path:
     """config.json + model.safetensors, atomically (a half-written export never replaces a good one)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would keep a serving user from reading the export
-    try:
+    with atomic_directory(out) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return Path(out)
 
 
 def load_draft(weights: str | Path, model: Transformer) -> EagleDraft | Eagle3Draft | MedusaHeads:

@@ -1,11 +1,13 @@
-"""Which kind of machine a backbone runs on, and what a verify forward of k nodes costs there: drafter defaults key
-on it.
+"""Which kind of machine a backbone runs on, what a verify forward of k nodes costs there, and what every drafter
+drafts there by default: the one place where defaults depend on the machine.
 
 On a CPU the runner's linears are oneDNN-packed (specdec.packed): a forward of 2-8 nodes then costs about as much as
 one token in fp32 and bf16 alike, 16 nodes ~1.3-1.5x and 32 ~2x (before packing, fp32 paid 1.4-1.8x for any k >= 2);
 on a GPU verification is nearly flat up to ~64 nodes.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -20,6 +22,29 @@ VERIFY_COST = {
 }
 
 
+@dataclass(frozen=True)
+class DrafterDefaults:
+    """What the drafters draft by default on one machine kind: EAGLE-2's (depth, top_k, total_tokens), the drafted
+    nodes of EAGLE-1's and Medusa's static trees, and NgramConfig / LookaheadConfig fields that differ from their
+    class defaults. How they were chosen: results/README.md, "Drafter defaults"."""
+
+    eagle2_tree: tuple[int, int, int]
+    eagle_nodes: int
+    medusa_nodes: int
+    ngram: dict = field(default_factory=dict)
+    lookahead: dict = field(default_factory=dict)
+
+
+# a GPU verifies ~64 nodes for the price of one (the papers' trees); a 2-core CPU with packed linears pays ~1.1x for 8
+DRAFTER_DEFAULTS = {
+    "cpu-fp32": DrafterDefaults(eagle2_tree=(3, 4, 12), eagle_nodes=11, medusa_nodes=7),
+    "cpu-bf16": DrafterDefaults(eagle2_tree=(3, 4, 12), eagle_nodes=11, medusa_nodes=7,
+                                ngram={"min_ngram": 1, "draft_len": 6, "max_nodes": 8}),
+    "cuda": DrafterDefaults(eagle2_tree=(6, 10, 60), eagle_nodes=63, medusa_nodes=63,
+                            lookahead={"window": 15, "ngram": 5, "guesses": 15, "always_window": True}),
+}
+
+
 def machine_kind(weights_or_hidden: Tensor) -> str:
     """"cuda" for any accelerator; on a CPU "cpu-bf16" for bf16 weights (or activations), else "cpu-fp32"."""
     t = weights_or_hidden
@@ -30,8 +55,8 @@ def machine_kind(weights_or_hidden: Tensor) -> str:
 
 def cost_curve(points: dict[int, float], n: int, rows: int = 1) -> Tensor:
     """Relative verify cost of k = 1..n nodes (index k - 1) in each of `rows` sequences verified together, taken as
-    the cost of rows * k nodes over that of rows nodes (a batch step of 4 rows x 4 nodes measured 1.52x the step of
-    4 x 1 here, against 1.54x predicted); linear between measured points and past the last."""
+    the cost of rows * k nodes over that of rows nodes (how well that predicts a batch step: results/throughput/);
+    linear between measured points and past the last."""
     ks = sorted(points)
 
     def at(k: int) -> float:

@@ -136,3 +136,56 @@ def sparse_tree(accuracies: list[list[float]], n_nodes: int) -> list[tuple[int, 
             prob = -neg / max(accuracies[depth - 1][rank], 1e-12) * accuracies[depth - 1][rank + 1]
             heapq.heappush(frontier, (-prob, choice[:-1] + (rank + 1,)))
     return sorted(chosen, key=lambda c: (len(c), c))
+
+
+# Per-rank accuracies assumed for heads that carry no measured ones (official checkpoints).
+PRIOR_TOP = (0.60, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01, 0.01, 0.01)
+PRIOR_DECAY = 0.75
+
+
+def head_tree(tree: str | int | list, meta: dict, num_heads: int, vocab: int,
+              auto_nodes: int) -> list[tuple[int, ...]]:
+    """A static tree for per-depth drafters (Medusa heads, EAGLE-1): a choice list as given, or the sparse-optimal tree
+    of a node count ("auto": auto_nodes) under the heads' measured rank accuracies (meta["eval"]), else a prior."""
+    if isinstance(tree, (list, tuple)) or (isinstance(tree, str) and tree.strip().startswith("[")):
+        choices = parse_choices(tree)
+        if not choices:
+            raise ValueError("tree spec [] drafts nothing: give at least one choice, e.g. [[0]], or use plain decoding")
+        if max(len(c) for c in choices) > num_heads:
+            raise ValueError(f"tree spec is {max(len(c) for c in choices)} deep but there are only {num_heads} heads")
+        if max(max(c) for c in choices) >= vocab:
+            raise ValueError(f"tree spec asks for rank {max(max(c) for c in choices)} "
+                             f"of a {vocab}-token draft vocabulary")
+        return choices
+    if isinstance(tree, str) and tree.isdigit():
+        tree = int(tree)
+    if tree == "auto":
+        tree = auto_nodes
+    if not isinstance(tree, int) or tree < 1:
+        raise ValueError(f"unknown tree spec {tree!r}: "
+                         "use 'auto', a node count, or a choice list like [[0], [1], [0, 0]]")
+    return sparse_tree([row[:vocab] for row in rank_accuracies(meta, num_heads)], tree)
+
+
+def rank_accuracies(meta: dict, num_heads: int) -> list[list[float]]:
+    """Per head, how often its rank-r token is right: measured (saved with the heads), else PRIOR_TOP decayed."""
+    acc = meta.get("eval", {}).get("rank_accuracy")
+    return acc[:num_heads] if acc else [[p * PRIOR_DECAY**i for p in PRIOR_TOP] for i in range(num_heads)]
+
+
+def best_tree(root: int, tokens: Tensor, parents: Tensor, scores: Tensor, limit: int, cost: Tensor | None) -> Tree:
+    """The `limit` best-scored candidates (parents first), cut to the prefix with the most expected tokens per unit of
+    verify cost (`cost[k - 1]`: k nodes; None: no cut), as a tree under `root`."""
+    order = scores.sort(descending=True, stable=True).indices[:limit]  # stable: parents before children
+    size = torch.tensor([len(order)], device=order.device)
+    if cost is not None:
+        gain = 1 + torch.cat((scores.new_zeros(1), scores[order].exp().cumsum(0)))
+        size = (gain / cost[: len(order) + 1]).argmax().view(1)
+    n, *rest = torch.cat((size, order, parents[order])).tolist()  # the step's one device-to-host transfer
+    device = tokens.device
+    parent_of = dict(zip(rest[:n], rest[len(order) : len(order) + n]))
+    kept = sorted(parent_of)  # candidate order: parents first; none kept: the root alone
+    node = {c: i for i, c in enumerate(kept, start=1)}
+    index = torch.tensor(kept, dtype=torch.long, device=device)
+    node_tokens = torch.cat((torch.tensor([root], device=device), tokens[index]))
+    return Tree(node_tokens, shape_from_parents([-1] + [node.get(parent_of[c], 0) for c in kept], device))

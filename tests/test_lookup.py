@@ -9,10 +9,11 @@ import torch
 
 from specdec.drafters import drafter_names, make_drafter
 from specdec.drafters.base import DecodeState
-from specdec.drafters.lookup import LookupBranch, best_tree
+from specdec.drafters.lookup import LookupBranch
 from specdec.drafters.ngram import NgramConfig
 from specdec.eagle import EagleConfig, EagleDraft
 from specdec.medusa import MedusaConfig, MedusaHeads
+from specdec.tree import best_tree
 
 # "11 12" recurs: after the pending 12 the 2-gram "11 12" continues "13 14 15 16"
 CONTEXT = [11, 12, 13, 14, 15, 16, 11, 12]

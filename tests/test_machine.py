@@ -4,11 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specdec.drafters.eagle import DYNAMIC, STATIC_NODES
 from specdec.drafters.lookahead import LookaheadConfig
-from specdec.drafters.medusa import TREE_NODES
 from specdec.drafters.ngram import NgramConfig
-from specdec.machine import KINDS, VERIFY_COST, cost_curve, machine_kind, verify_cost_curve
+from specdec.machine import DRAFTER_DEFAULTS, KINDS, VERIFY_COST, cost_curve, machine_kind, verify_cost_curve
 
 
 def test_kind_follows_device_and_dtype():
@@ -18,8 +16,7 @@ def test_kind_follows_device_and_dtype():
 
 
 def test_every_kind_has_drafter_defaults():
-    for table in (TREE_NODES, DYNAMIC, STATIC_NODES):
-        assert set(table) == set(KINDS)
+    assert set(DRAFTER_DEFAULTS) == set(KINDS)
     assert set(VERIFY_COST) == set(KINDS) - {"cuda"}  # GPU verification is flat: nothing cut
     assert LookaheadConfig.for_machine("cuda").ngram == 5
     assert LookaheadConfig.for_machine("cpu-fp32") == LookaheadConfig.for_machine("cpu-bf16")  # packed: alike

@@ -19,21 +19,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from specdec.drafters.base import DecodeState, Drafter, root_only
-from specdec.drafters.lookup import best_tree, lookup_branch
-from specdec.drafters.medusa import head_tree
+from specdec.drafters.lookup import lookup_branch
 from specdec.drafters.ngram import NgramConfig
 from specdec.eagle import Draft, load_eagle
 from specdec.eagle3 import Eagle3Draft
-from specdec.machine import machine_kind, verify_cost_curve
+from specdec.machine import DRAFTER_DEFAULTS, machine_kind, verify_cost_curve
 from specdec.model import Transformer
 from specdec.packed import pack_linears
-from specdec.tree import Tree, parents_from_choices
+from specdec.tree import Tree, best_tree, head_tree, parents_from_choices
 
-# EAGLE-2 tree (depth, top_k, total_tokens) and EAGLE-1 static nodes per machine kind: the paper's GPU setting, small
-# ones for a 2-core CPU with packed linears (how they were chosen: results/README.md, "Drafter defaults").
-DYNAMIC = {"cpu-fp32": (3, 4, 12), "cpu-bf16": (3, 4, 12), "cuda": (6, 10, 60)}
-STATIC_NODES = {"cpu-fp32": 11, "cpu-bf16": 11, "cuda": 63}
-STATIC_DEPTH = 5
+STATIC_DEPTH = 5  # EAGLE-1's static trees reach at most this deep
 
 
 class EagleDrafter(Drafter):
@@ -60,7 +55,7 @@ class EagleDrafter(Drafter):
         self.hidden_layers = self.draft.hidden_layers
         self.dynamic = tree == "dynamic"
         if self.dynamic:
-            d, k, n = DYNAMIC[kind]
+            d, k, n = DRAFTER_DEFAULTS[kind].eagle2_tree
             self.depth, self.top_k, self.total = (d if depth is None else depth, k if top_k is None else top_k,
                                                  n if total_tokens is None else total_tokens)
             if min(self.depth, self.top_k, self.total) < 1:
@@ -68,8 +63,8 @@ class EagleDrafter(Drafter):
             self.top_k = min(self.top_k, len(self.vocab_ids))
             self.tree_slots = self.depth * self.top_k
         else:
-            spec = STATIC_NODES[kind] if tree == "auto" else tree
-            self.choices = head_tree(spec, meta, STATIC_DEPTH if depth is None else depth, len(self.vocab_ids), kind)
+            self.choices = head_tree(tree, meta, STATIC_DEPTH if depth is None else depth, len(self.vocab_ids),
+                                     DRAFTER_DEFAULTS[kind].eagle_nodes)
             self._plan_static()
             self.total = len(self.choices) + 1
             self.tree_slots = len(self.choices)

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from specdec.drafters.base import DecodeState, Drafter, root_only, with_fields
-from specdec.machine import machine_kind
+from specdec.machine import DRAFTER_DEFAULTS, machine_kind
 from specdec.tree import Tree, shape_from_parents
 
 
@@ -39,15 +39,10 @@ class LookaheadConfig:
             raise ValueError(f"lookahead needs window >= 1, ngram >= 2, guesses >= 1 and pool_keys >= 1, got {self}")
 
     @classmethod
-    def gpu(cls) -> "LookaheadConfig":
-        """The paper's setting for 7B models on an A100: W=15, N=5, G=15, the window on every step."""
-        return cls(window=15, ngram=5, guesses=15, always_window=True)
-
-    @classmethod
     def for_machine(cls, kind: str) -> "LookaheadConfig":
-        """By specdec.machine kind: the GPU setting on CUDA, else the CPU defaults (results/README.md, "Drafter
-        defaults")."""
-        return cls.gpu() if kind == "cuda" else cls()
+        """The machine kind's defaults (specdec.machine.DRAFTER_DEFAULTS): on CUDA the paper's setting for 7B models on
+        an A100 (W=15, N=5, G=15), on a CPU the class defaults."""
+        return cls(**DRAFTER_DEFAULTS[kind].lookahead)
 
 
 class NgramPool:

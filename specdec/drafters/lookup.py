@@ -15,7 +15,6 @@ from torch import Tensor
 
 from specdec.drafters.base import DecodeState
 from specdec.drafters.ngram import NgramConfig, NgramDrafter
-from specdec.tree import Tree, shape_from_parents
 
 PRIOR = (1, 1)  # pseudo (hits, misses) per depth before a generation's first lookups are scored
 
@@ -83,21 +82,3 @@ def lookup_branch(lookup: bool | NgramConfig, kind: str) -> LookupBranch | None:
     if not lookup:
         return None
     return LookupBranch(NgramConfig.for_machine(kind) if lookup is True else lookup)
-
-
-def best_tree(root: int, tokens: Tensor, parents: Tensor, scores: Tensor, limit: int, cost: Tensor | None) -> Tree:
-    """The `limit` best-scored candidates (parents first), cut to the prefix with the most expected tokens per unit of
-    verify cost (`cost[k - 1]`: k nodes; None: no cut), as a tree under `root`."""
-    order = scores.sort(descending=True, stable=True).indices[:limit]  # stable: parents before children
-    size = torch.tensor([len(order)], device=order.device)
-    if cost is not None:
-        gain = 1 + torch.cat((scores.new_zeros(1), scores[order].exp().cumsum(0)))
-        size = (gain / cost[: len(order) + 1]).argmax().view(1)
-    n, *rest = torch.cat((size, order, parents[order])).tolist()  # the step's one device-to-host transfer
-    device = tokens.device
-    parent_of = dict(zip(rest[:n], rest[len(order) : len(order) + n]))
-    kept = sorted(parent_of)  # candidate order: parents first; none kept: the root alone
-    node = {c: i for i, c in enumerate(kept, start=1)}
-    index = torch.tensor(kept, dtype=torch.long, device=device)
-    node_tokens = torch.cat((torch.tensor([root], device=device), tokens[index]))
-    return Tree(node_tokens, shape_from_parents([-1] + [node.get(parent_of[c], 0) for c in kept], device))

@@ -10,48 +10,13 @@ from pathlib import Path
 import torch
 
 from specdec.drafters.base import DecodeState, Drafter, root_only
-from specdec.drafters.lookup import best_tree, lookup_branch
+from specdec.drafters.lookup import lookup_branch
 from specdec.drafters.ngram import NgramConfig
-from specdec.machine import machine_kind, verify_cost_curve
+from specdec.machine import DRAFTER_DEFAULTS, machine_kind, verify_cost_curve
 from specdec.medusa import MedusaHeads, load_medusa
 from specdec.model import Transformer
 from specdec.packed import linear_fn, pack_linears
-from specdec.tree import Tree, parents_from_choices, parse_choices, shape_from_parents, sparse_tree
-
-# Drafted nodes per tree, by machine kind (specdec.machine): on a CPU with packed linears 8 nodes cost about one
-# token, on a GPU verification is ~free (Medusa's 63). How they were chosen: results/README.md, "Drafter defaults".
-TREE_NODES = {"cpu-fp32": 7, "cpu-bf16": 7, "cuda": 63}
-# Per-rank accuracies assumed for heads that carry no measured ones (official checkpoints).
-PRIOR_TOP = (0.60, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01, 0.01, 0.01)
-PRIOR_DECAY = 0.75
-
-
-def head_tree(tree: str | int | list, meta: dict, num_heads: int, vocab: int, kind: str) -> list[tuple[int, ...]]:
-    """Choices from a choice list, a node count, or "auto" (the machine kind's count), sparse-optimal for the heads."""
-    if isinstance(tree, (list, tuple)) or (isinstance(tree, str) and tree.strip().startswith("[")):
-        choices = parse_choices(tree)
-        if not choices:
-            raise ValueError("tree spec [] drafts nothing: give at least one choice, e.g. [[0]], or use plain decoding")
-        if max(len(c) for c in choices) > num_heads:
-            raise ValueError(f"tree spec is {max(len(c) for c in choices)} deep but there are only {num_heads} heads")
-        if max(max(c) for c in choices) >= vocab:
-            raise ValueError(f"tree spec asks for rank {max(max(c) for c in choices)} "
-                             f"of a {vocab}-token draft vocabulary")
-        return choices
-    if isinstance(tree, str) and tree.isdigit():
-        tree = int(tree)
-    if tree == "auto":
-        tree = TREE_NODES[kind]
-    if not isinstance(tree, int) or tree < 1:
-        raise ValueError(f"unknown tree spec {tree!r}: "
-                         "use 'auto', a node count, or a choice list like [[0], [1], [0, 0]]")
-    return sparse_tree([row[:vocab] for row in rank_accuracies(meta, num_heads)], tree)
-
-
-def rank_accuracies(meta: dict, num_heads: int) -> list[list[float]]:
-    """Per head, how often its rank-r token is right: measured (saved with the heads), else PRIOR_TOP decayed."""
-    acc = meta.get("eval", {}).get("rank_accuracy")
-    return acc[:num_heads] if acc else [[p * PRIOR_DECAY**i for p in PRIOR_TOP] for i in range(num_heads)]
+from specdec.tree import Tree, best_tree, head_tree, parents_from_choices, rank_accuracies, shape_from_parents
 
 
 class MedusaDrafter(Drafter):
@@ -72,7 +37,8 @@ class MedusaDrafter(Drafter):
         pack_linears(self.heads)
         self.embed = model.tok_embeddings.weight
         self.lm_head = linear_fn(self.heads.draft_lm_head(model.output.weight))
-        self.choices = head_tree(tree, meta, self.heads.config.num_heads, len(self.heads.vocab_ids), kind)
+        self.choices = head_tree(tree, meta, self.heads.config.num_heads, len(self.heads.vocab_ids),
+                                 DRAFTER_DEFAULTS[kind].medusa_nodes)
         self.shape = shape_from_parents(parents_from_choices(self.choices), device)
         self.node_head = torch.tensor([len(c) - 1 for c in self.choices], device=device)
         self.node_rank = torch.tensor([c[-1] for c in self.choices], device=device)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from specdec.drafters.base import DecodeState, Drafter, with_fields
-from specdec.machine import machine_kind
+from specdec.machine import DRAFTER_DEFAULTS, machine_kind
 from specdec.tree import Tree, shape_from_parents
 
 
@@ -15,8 +15,7 @@ from specdec.tree import Tree, shape_from_parents
 class NgramConfig:
     """Match suffixes of max_ngram..min_ngram tokens; up to max_branches continuations of draft_len tokens.
 
-    Defaults: an fp32 CPU; a bf16 CPU takes one-token matches and shorter drafts (`for_machine`; how they were chosen:
-    results/README.md, "Drafter defaults").
+    The class defaults suit an fp32 CPU; `for_machine` gives each machine kind's (specdec.machine.DRAFTER_DEFAULTS).
     """
 
     max_ngram: int = 3
@@ -33,8 +32,8 @@ class NgramConfig:
 
     @classmethod
     def for_machine(cls, kind: str) -> "NgramConfig":
-        """By specdec.machine kind: cpu-bf16 drafts from one-token matches, 6 tokens, 8 nodes at most."""
-        return cls(min_ngram=1, draft_len=6, max_nodes=8) if kind == "cpu-bf16" else cls()
+        """The machine kind's defaults (specdec.machine.DRAFTER_DEFAULTS)."""
+        return cls(**DRAFTER_DEFAULTS[kind].ngram)
 
 
 class NgramDrafter(Drafter):
