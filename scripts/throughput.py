@@ -25,6 +25,7 @@ from specdec.batch import decode_batch
 from specdec.data import load_mtbench, stratified_subset
 from specdec.decode import DecodeResult
 from specdec.drafters import make_drafter
+from specdec.metrics import first_divergence
 
 DEFAULT_METHODS = "hf,vanilla,ngram,lookahead,eagle2+lookup,eagle3+lookup"
 WARMUP_TOKENS = 8
@@ -98,12 +99,9 @@ def identity(tokens: list[list[int]], reference: list[DecodeResult]) -> dict:
     reference's top-2 logit gap where they first differ (a near-tie under bf16 rounding, or a real difference)."""
     gaps = []
     for got, ref in zip(tokens, reference):
-        pos = next((i for i, (a, b) in enumerate(zip(got, ref.tokens)) if a != b), None)
-        if pos is None and len(got) != len(ref.tokens):
-            pos = min(len(got), len(ref.tokens))
+        pos = first_divergence(got, ref.tokens)
         if pos is not None:
-            gap = ref.top2_gaps[pos] if ref.top2_gaps and pos < len(ref.top2_gaps) else None
-            gaps.append(gap)
+            gaps.append(ref.top2_gaps[pos] if ref.top2_gaps and pos < len(ref.top2_gaps) else None)
     return {"identical": len(tokens) - len(gaps), "of": len(tokens), "divergence_top2_gaps": gaps}
 
 

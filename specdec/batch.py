@@ -54,9 +54,10 @@ def batch_cache(model: Transformer, rows: int) -> Tensor:
     return kv
 
 
-def _step_inputs(trees: list[Tree], starts: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The padded batch of trees: tokens, positions [R, k], the attention mask [R, k, T] over cache slots 0..T-1, and
-    the paths [R, P, L] (-1 padded) for acceptance."""
+def _step_inputs(trees: list[Tree], starts: Tensor, longest: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The padded batch of trees after each row's committed length (starts; `longest`, their maximum, known on the
+    host): tokens, positions [R, k], the attention mask [R, k, T] over cache slots 0..T-1, and the paths [R, P, L]
+    (-1 padded) for acceptance."""
     device, R = starts.device, len(trees)
     k = max(t.shape.size for t in trees)
     P = max(t.shape.paths.shape[0] for t in trees)
@@ -70,7 +71,7 @@ def _step_inputs(trees: list[Tree], starts: Tensor) -> tuple[Tensor, Tensor, Ten
         tokens[r, :n], depth[r, :n] = t.tokens, t.shape.depth
         tree_mask[r, :n, :n] = t.shape.mask
         paths[r, :n_paths, :width] = t.shape.paths
-    span = int(starts.max()) + k
+    span = longest + k
     offset = torch.arange(span, device=device)[None, :] - starts[:, None]  # slot relative to the row's first node
     inside = (offset >= 0) & (offset < k)
     seen = tree_mask.gather(2, offset.clamp(0, k - 1)[:, None, :].expand(R, k, span))
@@ -175,8 +176,9 @@ def decode_batch(
             trees = [seq.fit(tree) for seq, tree in zip(seqs, drafted)]
         else:
             trees = [seq.propose() for seq in seqs]
-        starts = torch.tensor([seq.length for seq in seqs], device=device)
-        tokens, positions, mask, paths = _step_inputs(trees, starts)
+        lengths = [seq.length for seq in seqs]
+        starts = torch.tensor(lengths, device=device)
+        tokens, positions, mask, paths = _step_inputs(trees, starts, max(lengths))
         if tokens.shape[1] > MAX_TREE:
             raise ValueError(f"a tree of {tokens.shape[1]} nodes exceeds the batch cache's {MAX_TREE} spare slots")
         out = model.forward_rows(tokens, positions, mask, kv[:, :, : len(seqs)], starts, hidden_layers)

@@ -128,17 +128,17 @@ class EagleDrafter(Drafter):
         self.last = out[-1:]
 
     def _expand(self, feats: Tensor, tokens: Tensor, parent_slots: Tensor, written: int, depth: int, kv: Tensor,
-                lengths: Tensor, anc: Tensor) -> tuple[Tensor, Tensor]:
+                lengths: Tensor, longest: int, anc: Tensor) -> tuple[Tensor, Tensor]:
         """Draft one tree level in R rows: row r's nodes (parent feature [R, n, d], token [R, n]) go to its tree slots
-        written.. after its committed length lengths[r] in its draft cache kv[:, r]; anc [R, slots, slots] is each
-        row's tree ancestry so far. Returns the nodes' outputs and log-probs."""
+        written.. after its committed length lengths[r] (at most `longest`, known on the host) in its draft cache
+        kv[:, r]; anc [R, slots, slots] is each row's tree ancestry so far. Returns the nodes' outputs and log-probs."""
         (R, n), device = tokens.shape, tokens.device
         new = torch.arange(n, device=device)
         seen = anc.gather(1, parent_slots.clamp(min=0)[..., None].expand(R, n, anc.shape[2]))
         seen &= (parent_slots >= 0)[..., None]
         seen[:, new, written + new] = True
         anc[:, written : written + n] = seen
-        span = int(lengths.max()) + written + n
+        span = longest + written + n
         offset = torch.arange(span, device=device)[None, :] - lengths[:, None]  # slot relative to the tree's first
         in_tree = (offset >= 0) & (offset < written + n)
         tree = seen.gather(2, offset.clamp(0, written + n - 1)[:, None, :].expand(R, n, span))
@@ -184,15 +184,15 @@ class EagleDrafter(Drafter):
         lead = drafters[0]
         device = lead.kv.device
         lengths = torch.tensor([d.length for d in drafters], device=device)
+        longest = max(d.length for d in drafters)
         if len(drafters) == 1:
             kv = lead.kv.unsqueeze(1)  # a view: the tree's scratch slots are written in place
         else:
-            span = int(lengths.max()) + lead.tree_slots
-            kv = torch.stack([d.kv[:, :, :span] for d in drafters], dim=1)
+            kv = torch.stack([d.kv[:, :, : longest + lead.tree_slots] for d in drafters], dim=1)
         last = torch.cat([d.last for d in drafters])
         logp = F.log_softmax(lead.score(last).float(), dim=-1)
         anc = torch.zeros(len(drafters), lead.tree_slots, lead.tree_slots, dtype=torch.bool, device=device)
-        return (lead._dynamic if lead.dynamic else lead._static)(logp, last, kv, lengths, anc)
+        return (lead._dynamic if lead.dynamic else lead._static)(logp, last, kv, lengths, longest, anc)
 
     @staticmethod
     def _draft_rows(drafters: list["EagleDrafter"], states: list[DecodeState]) -> list[Tree]:
@@ -206,7 +206,7 @@ class EagleDrafter(Drafter):
             trees.append(best_tree(state.tokens[-1], tokens, parents, scores, limit, d.cost))
         return trees
 
-    def _dynamic(self, logp: Tensor, last: Tensor, kv: Tensor, lengths: Tensor,
+    def _dynamic(self, logp: Tensor, last: Tensor, kv: Tensor, lengths: Tensor, longest: int,
                  anc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """EAGLE-2 candidates per row [R, N]: (tokens, parent candidate index or -1, path log-probability), depth by
         depth."""
@@ -217,7 +217,7 @@ class EagleDrafter(Drafter):
         front_ids = torch.arange(k, device=device).expand(R, k)
         parent_slots, written, n = torch.full((R, k), -1, device=device), 0, k
         for depth in range(1, self.depth):
-            out, logp = self._expand(feats, front, parent_slots, written, depth, kv, lengths, anc)
+            out, logp = self._expand(feats, front, parent_slots, written, depth, kv, lengths, longest, anc)
             slots = torch.arange(written, written + k, device=device)
             written += k
             child, idx = logp.topk(k, dim=-1)
@@ -232,7 +232,7 @@ class EagleDrafter(Drafter):
             n += k * k
         return torch.cat(tokens, dim=1), torch.cat(parents, dim=1), torch.cat(scores, dim=1)
 
-    def _static(self, logp: Tensor, last: Tensor, kv: Tensor, lengths: Tensor,
+    def _static(self, logp: Tensor, last: Tensor, kv: Tensor, lengths: Tensor, longest: int,
                 anc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """EAGLE-1 candidates per row [R, N]: the static tree's nodes in choice order (depth by depth)."""
         R, device = logp.shape[0], logp.device
@@ -245,7 +245,7 @@ class EagleDrafter(Drafter):
         for depth, (expand, (rows, kid_ranks)) in enumerate(zip(self.expand, self.child_of), start=1):
             at = torch.tensor(expand, device=device)
             out, lp = self._expand(feats[:, at], level_tokens[:, at], parent_slots[:, at], written, depth, kv,
-                                   lengths, anc)
+                                   lengths, longest, anc)
             slots = torch.arange(written, written + len(expand), device=device)
             written += len(expand)
             rows_t, ranks_t = torch.tensor(rows, device=device), torch.tensor(kid_ranks, device=device)
