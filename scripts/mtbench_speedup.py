@@ -23,6 +23,7 @@ from tqdm import tqdm
 import specdec
 from bench_output import write_results
 from copy_prompts import copy_prompts
+from peers import missing_environments, parse_peers, peer_records
 from specdec import cli
 from specdec.backbone import resolve_dtype
 from specdec.data import Question, load_mtbench, stratified_subset
@@ -101,9 +102,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verify", choices=("auto",) + VERIFY_MODES, default="auto",
                    help="our methods' verify forward (auto: eager on CPU, CUDA graphs on GPU)")
     p.add_argument("--seed", type=int, default=0, help="torch seed (hf sampling) and our samplers' seed")
-    p.add_argument("--peers", choices=("vllm",), action="append", default=[],
-                   help="add peer engines' rows on the same prompts: vllm (its CPU build in .venv-vllm, "
-                        "scripts/vllm_bench.py)")
+    p.add_argument("--peers", action="append", default=[], metavar="PEER[,PEER]",
+                   help="peer engines as rows of the same table, on the same first turns (same prompt ids, greedy, "
+                        "threads): llamacpp (rows llamacpp, llamacpp-lookup; .venv-llamacpp from "
+                        "scripts/setup_llamacpp.sh) and vllm (rows vllm, vllm-ngram; its CPU build in .venv-vllm from "
+                        "scripts/setup_vllm.sh); comma list or repeated")
     p.add_argument("--out", default="results/tmp/mtbench",
                    help="output directory (default git-ignored: a quick run never overwrites reference results)")
     args = p.parse_args(argv)
@@ -122,12 +125,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.skip_questions < 0 or (args.skip_questions and args.all):
         p.error("--skip-questions must be at least 0, and does not go with --all")
     try:
+        args.peers = parse_peers(args.peers)
+        check_peers(args)
         args.methods = resolve_methods(args.methods)
         args.drafter_option = parse_drafter_options(args.drafter_option, args.methods)
         args.weights = parse_weights(args.weights, args.methods)
     except ValueError as e:
         p.error(str(e))
     return args
+
+
+def check_peers(args: argparse.Namespace) -> None:
+    """What the peer rows need: greedy first turns on the CPU, llama.cpp the embedded backbone (its GGUF), and each
+    peer's environment (the error says how to make a missing one)."""
+    if not args.peers:
+        return
+    if args.turns != 1 or args.temperature != 0 or args.device != "cpu":
+        raise ValueError("--peers runs greedy first turns on the CPU: use --turns 1, --temperature 0, --device cpu")
+    if "llamacpp" in args.peers and args.backbone is not None:
+        raise ValueError("--peers llamacpp decodes the embedded backbone's GGUF: it does not go with --backbone")
+    if missing := missing_environments(args.peers):
+        raise ValueError("; ".join(missing))
 
 
 def parse_drafter_options(items: list[str], methods: list[str]) -> dict:
@@ -351,6 +369,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     questions = select_questions(args)
     dtype = resolve_dtype(args.dtype, args.device)
+    if "vllm" in args.peers and dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(f"--peers vllm runs bf16 or fp32, not {dtype}")
     # prompts (even copy-heavy ones with a follow-up) stay well under 2048 tokens
     backbone = specdec.load_backbone(args.backbone, dtype, args.device,
                                      max_seq_len=2048 + args.turns * args.max_new_tokens, quantize=args.quantize)
@@ -359,32 +379,33 @@ def main(argv: list[str] | None = None) -> dict:
     methods = build_methods(args.methods, backbone, args, step)
     t0 = time.perf_counter()
     records = run_all(methods, questions, backbone, args)
-    results = summarize(records, BASELINE, REFERENCE, identity=args.temperature == 0)
+    records_peers, peers = run_peers(args, questions, backbone, dtype)
+    results = summarize(records + records_peers, BASELINE, REFERENCE, identity=args.temperature == 0)
     config = {
         "flags": vars(args), "question_ids": [q.question_id for q in questions],
         "backbone_path": str(backbone.path), "dtype": str(dtype).removeprefix("torch."), "device": args.device,
         "machine": machine_info(torch.device(args.device)),
         "peak_mem": PEAK_MEM_MEANING[torch.device(args.device).type],
         "benchmark_wall_s": time.perf_counter() - t0,
+        **({"peers": peers} if peers else {}),
     }
     paths = write_results(args.out, config, results)
     print(markdown(results, config))
     print("wrote " + ", ".join(map(str, paths)))
-    if "vllm" in args.peers:
-        print(vllm_peers(args, questions, backbone))
     return {"config": config, "methods": results}
 
 
-def vllm_peers(args: argparse.Namespace, questions: list[Question], backbone: specdec.Backbone) -> str:
-    """--peers vllm: the same first turns on vLLM's CPU build (scripts/vllm_bench.py), also written to
-    <out>/vllm_peers.md."""
-    import vllm_bench
-
+def run_peers(args: argparse.Namespace, questions: list[Question], backbone: specdec.Backbone,
+              dtype: torch.dtype) -> tuple[list[TurnRecord], dict]:
+    """--peers: the same first turns on llama.cpp and / or vLLM's CPU build (vLLM in our dtype), after our methods
+    (scripts/peers.py): their TurnRecords and what each row ran."""
+    if not args.peers:
+        return [], {}
     prompts = [backbone.encode_chat(q.turns[0]) for q in questions]
-    dtype = "bf16" if backbone.model.output.weight.dtype == torch.bfloat16 else "fp32"
-    table = vllm_bench.peer_table(prompts, backbone.stop_ids, args.max_new_tokens, dtype, args.threads, Path(args.out))
-    (Path(args.out) / "vllm_peers.md").write_text(table + "\n")
-    return table
+    print(f"peers: {', '.join(args.peers)} on the same {len(prompts)} prompts", flush=True)
+    return peer_records(args.peers, questions, prompts, backbone.stop_ids, args.max_new_tokens,
+                        "bf16" if dtype == torch.bfloat16 else "fp32", args.threads, Path(backbone.path),
+                        Path(args.out))
 
 
 if __name__ == "__main__":

