@@ -24,7 +24,7 @@ import specdec
 from bench_output import write_results
 from copy_prompts import copy_prompts
 from peers import missing_environments, parse_peers, peer_records
-from specdec import cli
+from specdec import cli, machine
 from specdec.backbone import resolve_dtype
 from specdec.data import Question, load_mtbench, stratified_subset
 from specdec.drafters import Drafter, drafter_names, make_drafter
@@ -101,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--verify", choices=("auto",) + VERIFY_MODES, default="auto",
                    help="our methods' verify forward (auto: eager on CPU, CUDA graphs on GPU)")
+    p.add_argument("--verify-cost", choices=("measured", "fixed"), default="measured",
+                   help="the verify-cost curve our drafters cut trees by: measured on this machine "
+                        "(specdec.machine.calibrate, cached per CPU, dtype, threads) or the machine kind's fixed one")
     p.add_argument("--seed", type=int, default=0, help="torch seed (hf sampling) and our samplers' seed")
     p.add_argument("--peers", action="append", default=[], metavar="PEER[,PEER]",
                    help="peer engines as rows of the same table, on the same first turns (same prompt ids, greedy, "
@@ -375,7 +378,8 @@ def main(argv: list[str] | None = None) -> dict:
     backbone = specdec.load_backbone(args.backbone, dtype, args.device,
                                      max_seq_len=2048 + args.turns * args.max_new_tokens, quantize=args.quantize)
     step = VerifyStep(backbone.model, args.verify)
-    step.warm_up()  # on a GPU: every bucket's graph is captured before any turn is timed
+    step.warm_up()  # every bucket compiled (on a GPU: captured) before any turn is timed
+    measured = machine.calibrate(backbone.model, step) if args.verify_cost == "measured" else None
     methods = build_methods(args.methods, backbone, args, step)
     t0 = time.perf_counter()
     records = run_all(methods, questions, backbone, args)
@@ -385,6 +389,8 @@ def main(argv: list[str] | None = None) -> dict:
         "flags": vars(args), "question_ids": [q.question_id for q in questions],
         "backbone_path": str(backbone.path), "dtype": str(dtype).removeprefix("torch."), "device": args.device,
         "machine": machine_info(torch.device(args.device)),
+        "verify_cost": {"source": args.verify_cost if measured else "fixed",
+                        "points": measured or machine.VERIFY_COST.get(machine.machine_kind(backbone.model.kv))},
         "peak_mem": PEAK_MEM_MEANING[torch.device(args.device).type],
         "benchmark_wall_s": time.perf_counter() - t0,
         **({"peers": peers} if peers else {}),

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 import ablation_common as ac
 from bench_output import pyplot
-from bench_runner import best_ms
 from specdec import cli
 from specdec.drafters import MedusaDrafter
+from specdec.machine import best_times
 from specdec.medusa import load_medusa
 from specdec.model import Transformer
 from specdec.tree import TreeShape, parents_from_choices, shape_from_parents, sparse_tree
@@ -116,7 +116,7 @@ def verify_costs(model: Transformer, trees: list[dict], context: int, repeats: i
                                             for t in trees]
     forwards = {i: verify_forward(model, shape, context) for i, shape in enumerate(shapes)}
     with tqdm(total=rounds * len(forwards), desc="verify cost", unit="tree") as bar:
-        best = best_ms(forwards, repeats, rounds, bar)
+        best = {key: t * 1e3 for key, t in best_times(forwards, rounds, repeats, bar).items()}
     for i, t in enumerate(trees, start=1):
         t["verify_ms"], t["verify_x"] = best[i], best[i] / best[0]
     model.reset()

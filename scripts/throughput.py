@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 import specdec
 from mtbench_speedup import default_threads, machine_info, parse_weights, resolve_methods
-from specdec import cli
+from specdec import cli, machine
 from specdec.backbone import resolve_dtype
 from specdec.batch import decode_batch
 from specdec.data import load_mtbench, stratified_subset
@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     backbone = specdec.load_backbone(args.backbone, dtype, max_seq_len=2048 + args.max_new_tokens)
     questions = stratified_subset(load_mtbench(), args.questions)
     prompts = [backbone.encode_chat(q.turns[0]) for q in questions]
+    points = machine.calibrate(backbone.model)  # the drafters made next cut their trees by this machine's curve
     drafters = {name: make_drafter(name, backbone.model, **({"weights": args.weights[name]}
                                                             if name in args.weights else {}))
                 for name in args.methods if name != "hf"}
@@ -255,7 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
     config = {"flags": {k: v for k, v in vars(args).items()}, "questions": len(prompts),
               "question_ids": [q.question_id for q in questions], "max_new_tokens": args.max_new_tokens,
               "backbone_path": str(backbone.path), "dtype": str(dtype).removeprefix("torch."),
-              "machine": machine_info(torch.device("cpu")), "benchmark_wall_s": time.perf_counter() - t_start}
+              "machine": machine_info(torch.device("cpu")), "verify_cost_points": points,
+              "benchmark_wall_s": time.perf_counter() - t_start}
     result = {"config": config, "methods": methods, "stops_paying": stops_paying(methods)}
     (out / "throughput.json").write_text(json.dumps(result, indent=2))
     table = markdown(methods, config)

@@ -123,29 +123,37 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(in_dim or args.dim, qkv_out, bias=args.qkv_bias)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=args.o_bias)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor, start: int | Tensor,
-                mask: Tensor | None) -> Tensor:
-        """x [k, in] after `start` committed slots of kv [2, kv_heads, slots, head_dim]; or a batch of rows:
-        x [R, k, in], kv [2, R, kv_heads, slots, head_dim], start [R, k] each new node's slot, mask [R, 1, k, T]."""
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor, start: int | Tensor, mask: Tensor | None,
+                layer: int | None = None) -> Tensor:
+        """x [k, in] after `start` committed slots of this layer's cache [2, kv_heads, slots, head_dim]: kv, or
+        kv[layer] of a whole cache; or a batch of rows: x [R, k, in], a cache [2, R, kv_heads, slots, head_dim],
+        start [R, k] each new node's slot, mask [R, 1, k, T]."""
         q, k, v = self._project(x, cos, sin)
-        if kv.dim() == 5:
+        cache = kv if layer is None else kv[layer]
+        if cache.dim() == 5:
             rows = torch.arange(x.shape[0], device=x.device)[:, None]
-            kv[0][rows, :, start] = k.transpose(1, 2)  # [R, k, kv_heads, head_dim]: row r's node i at start[r, i]
-            kv[1][rows, :, start] = v.transpose(1, 2)
+            cache[0][rows, :, start] = k.transpose(1, 2)  # [R, k, kv_heads, head_dim]: row r's node i at start[r, i]
+            cache[1][rows, :, start] = v.transpose(1, 2)
             span = mask.shape[-1]
-            return self._attend(q, kv[0, :, :, :span], kv[1, :, :, :span], mask, False, x.dtype)
+            return self._attend(q, cache[0, :, :, :span], cache[1, :, :, :span], mask, False, x.dtype)
         k_new = x.shape[0]
         if isinstance(start, Tensor):
-            # static shapes (graph capture): write by index, attend over the whole cache, the mask hides the rest
-            slots = start + torch.arange(k_new, device=x.device)
-            kv[0].index_copy_(1, slots, k)
-            kv[1].index_copy_(1, slots, v)
-            keys, values = kv[0], kv[1]
+            # static shapes (compiled steps): the committed length is a tensor and the mask [k, T] says how many slots
+            # are attended. The write indexes kv itself, not a view of it: a compiler then writes the slots in place,
+            # where a write into a view of the whole cache makes it copy that cache around each layer.
+            device = x.device
+            heads = torch.arange(self.n_kv_heads, device=device)[:, None]
+            slots = start + torch.arange(k_new, device=device)
+            lead = () if layer is None else (torch.full((1,), layer, device=device),)
+            for i, new in enumerate((k, v)):
+                kv.index_put_((*lead, torch.full((1,), i, device=device), heads, slots), new)
+            span = mask.shape[-1]
+            keys, values = cache[0, :, :span], cache[1, :, :span]
         else:
             end = start + k_new
-            kv[0, :, start:end] = k
-            kv[1, :, start:end] = v
-            keys, values = kv[0, :, :end], kv[1, :, :end]
+            cache[0, :, start:end] = k
+            cache[1, :, start:end] = v
+            keys, values = cache[0, :, :end], cache[1, :, :end]
         is_causal = mask is None and start == 0 and k_new > 1
         return self._attend(q[None], keys[None], values[None], mask, is_causal, x.dtype)[0]
 
@@ -194,9 +202,9 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor, start: int | Tensor,
-                mask: Tensor | None) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, kv, start, mask)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor, start: int | Tensor, mask: Tensor | None,
+                layer: int | None = None) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, kv, start, mask, layer)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -278,14 +286,11 @@ class Transformer(nn.Module):
         return ForwardOut(logits=logits, hidden=hidden, layers=layers)
 
     @torch.no_grad()
-    def static_forward(self, tokens: Tensor, positions: Tensor, tree_mask: Tensor, start: Tensor,
+    def static_forward(self, tokens: Tensor, positions: Tensor, mask: Tensor, start: Tensor,
                        hidden_layers: tuple[int, ...] = ()) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
-        """`forward` with shapes that depend only on k: the committed length is a 0-dim tensor and attention spans
-        the whole cache, so one captured graph (CUDA graphs, torch.compile) serves every step of k nodes."""
-        k, size = tokens.shape[0], self.kv.shape[3]
-        offset = torch.arange(size, device=tokens.device) - start  # cache slot relative to the first new node
-        in_tree = (offset >= 0) & (offset < k)
-        mask = (offset < 0)[None, :] | (tree_mask[:, offset.clamp(0, k - 1)] & in_tree[None, :])
+        """`forward` with shapes that depend only on k and the mask's width: the committed length is a 0-dim tensor,
+        the new nodes' K/V go to slots start..start+k-1, and node i sees the slots mask[i] ([k, T]) allows, T at
+        most the cache's slots; so one captured graph (CUDA graphs, torch.compile) serves every step of k nodes."""
         hidden, layers = self._decoder(tokens, self.rope_cos[positions], self.rope_sin[positions], start, mask,
                                        hidden_layers)
         return self.output(hidden), hidden, layers
@@ -307,7 +312,7 @@ class Transformer(nn.Module):
         x = self.tok_embeddings(tokens)
         layers: dict[int, Tensor] = {}
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, kv[i], start, mask)
+            x = layer(x, cos, sin, kv, start, mask, i)
             if i in hidden_layers:
                 layers[i] = x
         return self.norm(x), layers

@@ -71,3 +71,19 @@ def pack_linears(module: nn.Module) -> int:
 def linear_fn(weight: Tensor) -> Callable[[Tensor], Tensor]:
     """x -> x @ weight.T for a frozen weight the caller keeps (a drafter's lm_head): packed where oneDNN can."""
     return PackedLinear(weight, keep_dense=True) if can_pack(weight) else partial(F.linear, weight=weight)
+
+
+def unpack_linears(module: nn.Module) -> int:
+    """Turn every PackedLinear under `module` back into an nn.Linear over its dense weight, in place; returns how
+    many. For torch.compile, which cannot trace oneDNN's opaque packed tensors and packs dense weights itself when
+    freezing."""
+    packed = [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
+              if isinstance(child, PackedLinear)]
+    for parent, name, child in packed:
+        linear = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
+        weight = child.weight  # a kept dense weight stays the very parameter it is (a tied lm_head: the embedding)
+        linear.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
+        if child.bias is not None:
+            linear.bias = nn.Parameter(child.bias, requires_grad=False)
+        setattr(parent, name, linear)
+    return len(packed)

@@ -9,12 +9,13 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from specdec import machine
 from specdec.backbone import Backbone, load_backbone
 from specdec.batch import decode_batch
 from specdec.decode import DecodeResult, DecodeStats, decode
 from specdec.drafters import Drafter, NoDrafter, make_drafter
 from specdec.sampling import SamplingConfig
-from specdec.verify_step import VerifyStep, default_step
+from specdec.verify_step import VerifyStep, make_step
 
 
 @dataclass
@@ -78,10 +79,10 @@ class SpecModel:
 
     default_drafter = "vanilla"
 
-    def __init__(self, backbone: Backbone, drafter: Drafter | None = None, verify: str = "auto"):
+    def __init__(self, backbone: Backbone, drafter: Drafter | None = None, verify: str | VerifyStep = "auto"):
         self.backbone = backbone
         self.drafter = drafter or NoDrafter()
-        self.step = default_step(backbone.model) if verify == "auto" else VerifyStep(backbone.model, verify)
+        self.step = verify if isinstance(verify, VerifyStep) else make_step(backbone.model, verify)
 
     @classmethod
     def load(
@@ -94,16 +95,22 @@ class SpecModel:
         max_seq_len: int = 2048,
         quantize: str | None = None,
         verify: str = "auto",
+        calibrate: bool = True,
         **options,
     ) -> "SpecModel":
         """Load a backbone (None: the embedded SmolLM2; quantize="int8" or "bnb-int8") and a drafter by name
         (specdec.drafters.drafter_names(); default: this class's) with its trained `weights` (a directory or a shipped
         name) and its own options, the names the benchmark's --drafter-option takes (drafter_options(name)).
-        verify: "auto" (eager on CPU, CUDA graphs on GPU) or a VerifyStep mode."""
+        verify: "auto" (eager on CPU, CUDA graphs on GPU) or a VerifyStep mode. calibrate: on a CPU, size the
+        drafter's trees by the verify cost measured on this machine (specdec.machine.calibrate: a few seconds the
+        first time, then cached), else by the machine kind's fixed curve."""
         loaded = load_backbone(backbone, dtype, device, max_seq_len, quantize=quantize)
+        step = make_step(loaded.model, verify)
+        if calibrate:
+            machine.calibrate(loaded.model, step)
         if weights is not None:
             options["weights"] = weights
-        return cls(loaded, make_drafter(drafter or cls.default_drafter, loaded.model, **options), verify)
+        return cls(loaded, make_drafter(drafter or cls.default_drafter, loaded.model, **options), step)
 
     def generate(
         self,

@@ -1,8 +1,11 @@
-"""The verify forward, chosen by device: eager on CPU, a padded static-shape step captured as CUDA graphs on GPU.
+"""The verify forward: eager, or a padded static-shape step compiled once per node bucket (captured as CUDA graphs on
+a GPU).
 
 A tree of k nodes is padded to the next power-of-two bucket (padding nodes see only themselves and nobody sees
-them), and the committed length enters as a 0-dim tensor, so each bucket is one graph that every step reuses.
-On a CPU the step is matmul-bound and attending over the whole cache costs more than launches save: eager.
+them), the committed length enters as a 0-dim tensor and the attention mask [bucket, T] as a tensor, so each bucket
+is one graph that every step reuses. CUDA graphs need fixed shapes, so there T spans the whole cache; elsewhere T is
+the committed length plus the bucket, rounded up to SPAN_QUANTUM, and enters the graph as a dynamic size: a CPU pays
+for every attended slot, a GPU does not.
 """
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ import torch
 from torch import Tensor
 
 from specdec.model import ForwardOut, Transformer
+from specdec.packed import unpack_linears
 
 MODES = ("eager", "static", "compile", "graphs")
 DEFAULT_MODE = {"cpu": "eager", "cuda": "graphs"}
+SPAN_QUANTUM = 64  # attended slots are rounded up to a multiple of this (never 0 or 1: sizes a compiler specialises)
 
 
 def buckets_up_to(max_nodes: int) -> tuple[int, ...]:
@@ -25,7 +30,11 @@ def buckets_up_to(max_nodes: int) -> tuple[int, ...]:
 
 class VerifyStep:
     """Runs a tree's nodes through the backbone: eagerly ("eager"), or padded through one static-shape function per
-    bucket, uncompiled ("static"), torch.compile'd ("compile") or compiled and captured as CUDA graphs ("graphs")."""
+    bucket, uncompiled ("static"), torch.compile'd ("compile") or compiled and captured as CUDA graphs ("graphs").
+
+    "compile" on a CPU turns the model's oneDNN-packed linears back into plain ones (inductor cannot trace packed
+    weights) and compiles with inductor's freezing, which packs them again inside the graph; the eager forward
+    (prefill, trees past the largest bucket) then runs the plain linears."""
 
     def __init__(self, model: Transformer, mode: str = "auto", max_nodes: int = 128, backend: str | None = None):
         device = model.tok_embeddings.weight.device
@@ -38,8 +47,9 @@ class VerifyStep:
         self.buckets = buckets_up_to(max_nodes)
         if self.mode == "eager":
             return
-        if model.kv is None or model.kv.shape[3] < model.max_seq_len + self.buckets[-1]:
-            model.setup_cache(model.max_seq_len, spare=self.buckets[-1])  # room for the last step's padding nodes
+        spare = self.buckets[-1] + SPAN_QUANTUM  # the last step's padding nodes, and its span rounded up
+        if model.kv is None or model.kv.shape[3] < model.max_seq_len + spare:
+            model.setup_cache(model.max_seq_len, spare=spare)
         self.start = torch.zeros((), dtype=torch.long, device=device)
         self.fn = model.static_forward
         if self.mode == "graphs":
@@ -47,7 +57,12 @@ class VerifyStep:
                 torch._dynamo.mark_static_address(t)  # graphs read and write them in place at fixed addresses
             self.fn = torch.compile(self.fn, mode="reduce-overhead", fullgraph=True, dynamic=False)
         elif self.mode == "compile":
-            self.fn = torch.compile(self.fn, fullgraph=True, dynamic=False, backend=backend or "inductor")
+            options = None
+            if device.type == "cpu" and backend is None:
+                unpack_linears(model)
+                options = {"freezing": True}  # weights become constants that inductor packs for oneDNN itself
+            self.fn = torch.compile(self.fn, fullgraph=True, dynamic=False, backend=backend or "inductor",
+                                    options=options)
 
     @torch.inference_mode()  # as decoding runs: a graph compiled under another grad mode would not be reused
     def warm_up(self) -> None:
@@ -67,18 +82,25 @@ class VerifyStep:
         model = self.model
         if self.mode == "eager" or k > self.buckets[-1]:
             return model.forward(tokens, positions=positions, tree_mask=tree_mask, hidden_layers=hidden_layers)
-        if model.length + k > model.max_seq_len:
-            raise ValueError(f"{model.length + k} tokens exceed the cache of {model.max_seq_len}")
+        length = model.length
+        if length + k > model.max_seq_len:
+            raise ValueError(f"{length + k} tokens exceed the cache of {model.max_seq_len}")
         size = next(b for b in self.buckets if b >= k)
         device = tokens.device
         if positions is None:
-            positions = model.length + torch.arange(k, device=device)
-        mask = torch.eye(size, dtype=torch.bool, device=device)
-        mask[:k, :k] = torch.ones(k, k, dtype=torch.bool, device=device).tril() if tree_mask is None else tree_mask
+            positions = length + torch.arange(k, device=device)
+        width = model.kv.shape[3] if self.mode == "graphs" else -(-(length + size) // SPAN_QUANTUM) * SPAN_QUANTUM
+        mask = torch.zeros(size, width, dtype=torch.bool, device=device)
+        mask[:, :length] = True
+        mask[:, length : length + size] = torch.eye(size, dtype=torch.bool, device=device)
+        mask[:k, length : length + k] = torch.ones(k, k, dtype=torch.bool, device=device).tril() \
+            if tree_mask is None else tree_mask
+        if self.mode != "graphs":
+            torch._dynamo.mark_dynamic(mask, 1)
         pad = size - k
         tokens = torch.cat((tokens, tokens[:1].expand(pad)))
         positions = torch.cat((positions, positions[:1].expand(pad)))
-        self.start.fill_(model.length)
+        self.start.fill_(length)
         if self.mode == "graphs":
             torch.compiler.cudagraph_mark_step_begin()
         logits, hidden, layers = self.fn(tokens, positions, mask, self.start, tuple(hidden_layers))
@@ -94,3 +116,8 @@ def default_step(model: Transformer) -> VerifyStep:
     if step is None:
         step = model.__dict__["default_verify_step"] = VerifyStep(model)
     return step
+
+
+def make_step(model: Transformer, mode: str = "auto", **options) -> VerifyStep:
+    """The model's shared default step for "auto", else a new VerifyStep of that mode."""
+    return default_step(model) if mode == "auto" else VerifyStep(model, mode, **options)

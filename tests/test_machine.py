@@ -1,6 +1,8 @@
 """Machine kinds and the verify-cost table that every drafter's defaults key on."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -51,3 +53,55 @@ def test_ngram_drafter_takes_the_machine_kinds_defaults_unless_given_a_config(ti
 def test_ngram_config_validation(bad):
     with pytest.raises(ValueError):
         NgramConfig(**bad)
+
+
+def test_calibrate_measures_once_caches_per_machine_and_feeds_the_drafters(tiny_models, tmp_path, monkeypatch):
+    from specdec import machine
+    from specdec.backbone import load_transformer
+    from specdec.drafters import eagle2
+    from test_eagle import random_draft
+
+    model = tiny_models["llama"].load()
+    points = machine.calibrate(model, cache_dir=tmp_path)
+    assert sorted(points) == list(machine.CALIBRATION_NODES) and points[1] == 1.0
+    assert all(v > 0 for v in points.values()) and model.length == 0
+    assert machine.verify_points(model) == points and len(list(tmp_path.iterdir())) == 1
+    drafter = eagle2(model, random_draft(model), depth=3, top_k=3, total_tokens=8)
+    assert torch.equal(drafter.cost, cost_curve(points, 8))
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured although a curve for this machine was cached")
+
+    fresh = tiny_models["llama"].load()
+    with monkeypatch.context() as m:
+        m.setattr(machine, "measure_verify_cost", no_measuring)
+        assert machine.calibrate(fresh, cache_dir=tmp_path) == points
+    remeasured = {k: 1.0 + k for k in machine.CALIBRATION_NODES}
+    monkeypatch.setattr(machine, "measure_verify_cost", lambda step, model: remeasured)
+    assert machine.calibrate(fresh, cache_dir=tmp_path, refresh=True) == remeasured
+    assert machine.calibrate(fresh, cache_dir=tmp_path) == remeasured  # the refresh replaced the cached curve
+    # another CPU, another thread count or another dtype never reads this one's curve
+    here = machine.calibration_key(model, "eager")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        assert machine.calibration_key(model, "eager") != here
+    finally:
+        torch.set_num_threads(threads)
+    assert machine.calibration_key(load_transformer(tiny_models["llama"].path, torch.bfloat16), "eager") != here
+    assert machine.calibration_key(model, "compile") != here
+    monkeypatch.setattr(machine, "cpu_identity", lambda: {"cpu": "Another CPU", "flags": "0" * 16})
+    assert machine.calibration_key(model, "eager") != here
+    monkeypatch.setattr(machine, "measure_verify_cost", lambda step, model: points)
+    assert machine.calibrate(fresh, cache_dir=tmp_path) == points and len(list(tmp_path.iterdir())) == 2
+
+
+def test_calibrate_measures_over_a_corrupt_cache_file(tiny_models, tmp_path):
+    from specdec import machine
+
+    model = tiny_models["qwen2"].load()
+    machine.calibrate(model, cache_dir=tmp_path)
+    (path,) = tmp_path.iterdir()
+    path.write_text("{not json")
+    assert sorted(machine.calibrate(model, cache_dir=tmp_path)) == list(machine.CALIBRATION_NODES)
+    assert json.loads(path.read_text())["key"] == machine.calibration_key(model, "eager")

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from conftest import CONTEXT, FAMILIES
 from specdec.decode import decode
-from specdec.drafters import NgramDrafter
+from specdec.drafters import NgramDrafter, make_drafter
+from specdec.packed import PackedLinear
 from specdec.tree import Tree, shape_from_parents
 from specdec.verify_step import VerifyStep, buckets_up_to
 from test_decode import HYP, PROMPTS, N, OracleTreeDrafter, check_stats, reference
@@ -110,6 +111,55 @@ def test_warm_up_compiles_every_bucket_and_leaves_decoding_unchanged(tiny_models
     drafter = OracleTreeDrafter(PROMPTS[2] + ref, seed=5, max_nodes=16, p_true=0.8, chain_bias=0.5)
     assert decode(model, PROMPTS[2], drafter, max_new_tokens=N, step=step).tokens == ref[:N]
     assert len(graphs) == len(step.buckets), "a bucket compiled after warm_up"
+
+
+@pytest.fixture(scope="module")
+def inductor_step(tiny_models):
+    """The real "compile" step on the CPU (linears unpacked, inductor with freezing), every bucket compiled."""
+    torch._dynamo.reset()
+    model = tiny_models["llama"].load()
+    step = VerifyStep(model, "compile", max_nodes=8)
+    step.warm_up()
+    return model, step
+
+
+def test_inductor_step_equals_the_eager_forward_and_never_recompiles(tiny_models, inductor_step):
+    model, step = inductor_step
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    eager = tiny_models["llama"].load()
+    shape = shape_from_parents([-1, 0, 0, 1, 2, 2])
+    tokens = torch.tensor([5, 9, 11, 13, 17, 19])
+    for runner in (eager, model):
+        runner.reset()
+        runner.forward(torch.tensor(PROMPTS[2]))
+        runner.commit(None, len(PROMPTS[2]))
+    positions = eager.length + shape.depth
+    want = eager.forward(tokens, positions=positions, tree_mask=shape.mask, hidden_layers=(1,))
+    got = step(tokens, positions=positions, tree_mask=shape.mask, hidden_layers=(1,))
+    torch.testing.assert_close(got.logits, want.logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.layers[1], want.layers[1], rtol=1e-4, atol=1e-4)
+    # a whole generation: trees of 1-8 nodes on a growing context (the attended width changes every 64 slots)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for p in range(len(PROMPTS)):
+            ref = reference(tiny_models, "llama", p)
+            drafter = OracleTreeDrafter(PROMPTS[p] + ref, seed=p, max_nodes=8, p_true=0.7, chain_bias=0.4)
+            res = decode(model, PROMPTS[p], drafter, max_new_tokens=N, step=step)
+            assert res.tokens == ref[:N] and len(set(res.stats.tree_sizes)) > 2
+
+
+@pytest.mark.parametrize("name", ["ngram", "lookahead", "medusa-trigram+lookup", "eagle2+lookup", "eagle3"])
+def test_every_drafter_is_lossless_through_the_inductor_step(tiny_models, inductor_step, name):
+    from test_eagle import random_draft
+    from test_eagle3 import random_eagle3
+    from test_medusa import random_heads
+
+    model, step = inductor_step
+    weights = {"medusa-trigram+lookup": lambda: random_heads(model, 3, True),
+               "eagle2+lookup": lambda: random_draft(model), "eagle3": lambda: random_eagle3(model)}
+    drafter = make_drafter(name, model, **({"weights": weights[name]()} if name in weights else {}))
+    for p in range(len(PROMPTS)):
+        ref = reference(tiny_models, "llama", p)
+        assert decode(model, PROMPTS[p], drafter, max_new_tokens=N, step=step).tokens == ref[:N]
 
 
 def test_cpu_default_is_eager_and_modes_are_checked(tiny_models):

@@ -23,7 +23,7 @@ from specdec.drafters.lookup import lookup_branch
 from specdec.drafters.ngram import NgramConfig
 from specdec.eagle import Draft, load_eagle
 from specdec.eagle3 import Eagle3Draft
-from specdec.machine import DRAFTER_DEFAULTS, machine_kind, verify_cost_curve
+from specdec.machine import DRAFTER_DEFAULTS, machine_kind, verify_cost_curve, verify_points
 from specdec.model import Transformer
 from specdec.packed import pack_linears
 from specdec.tree import Tree, best_tree, head_tree, parents_from_choices
@@ -72,9 +72,9 @@ class EagleDrafter(Drafter):
         if self.lookup is not None:
             self.name = "eagle+lookup"
         extra = self.lookup.draft_len if self.lookup else 0
-        self.cost = verify_cost_curve(kind, self.total + extra, device, verify_cost)
-        self.cost_of_rows = partial(verify_cost_curve, kind, self.total + extra, device, verify_cost)
-        self.rows = 1
+        points = verify_points(model) if verify_cost is None else verify_cost
+        self.cost_of_rows = partial(verify_cost_curve, kind, self.total + extra, device, points)
+        self.cost, self.rows = self.cost_of_rows(), 1
         self.kv: Tensor | None = None
         self.length = 0
         self.last: Tensor | None = None

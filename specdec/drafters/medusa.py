@@ -12,7 +12,7 @@ import torch
 from specdec.drafters.base import DecodeState, Drafter, root_only
 from specdec.drafters.lookup import lookup_branch
 from specdec.drafters.ngram import NgramConfig
-from specdec.machine import DRAFTER_DEFAULTS, machine_kind, verify_cost_curve
+from specdec.machine import DRAFTER_DEFAULTS, machine_kind, verify_cost_curve, verify_points
 from specdec.medusa import MedusaHeads, load_medusa
 from specdec.model import Transformer
 from specdec.packed import linear_fn, pack_linears
@@ -51,7 +51,8 @@ class MedusaDrafter(Drafter):
             self.node_scores = torch.tensor([sum(math.log(max(acc[d][r] if r < len(acc[d]) else 0.0, 1e-6))
                                                  for d, r in enumerate(c)) for c in self.choices], device=device)
             self.node_parents = torch.tensor(parents_from_choices(self.choices)[1:], device=device) - 1
-            self.cost_of_rows = partial(verify_cost_curve, kind, len(self.choices) + 1 + self.lookup.draft_len, device)
+            self.cost_of_rows = partial(verify_cost_curve, kind, len(self.choices) + 1 + self.lookup.draft_len, device,
+                                        verify_points(model))
             self.cost, self.rows = self.cost_of_rows(), 1
 
     def set_rows(self, rows: int) -> None:
