@@ -5,6 +5,7 @@ r"""Train draft heads on a frozen backbone from cached hidden states (train/gen_
     torchrun --nproc_per_node=2 train/train_heads.py --head medusa --trigram all ...
     python train/train_heads.py --head eagle --data ... --out runs/eagle   # EAGLE draft layer (feature + token loss)
     python train/train_heads.py --head eagle3 --data ... --out runs/eagle3 # EAGLE-3 (fused layers, training-time test)
+    python train/train_heads.py --head early-exit --exit-layer 6 --data ... --out runs/ee  # an exit adapter (Kangaroo)
 
 DDP over torchrun (gloo on CPU, nccl on CUDA), bf16 autocast on CUDA, gradient accumulation, cosine schedule
 with warm-up, per-head top-1/top-5 eval, checkpoints every --save-every steps; rerun the same command after
@@ -48,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--own-lm-head", action="store_true", help="a trainable lm_head copy per head (Medusa's layout)")
     p.add_argument("--draft-vocab", type=int, default=DEFAULTS["draft_vocab"],
                    help="heads score only the N most frequent answer tokens (0: the whole vocabulary; default 0, "
-                        f"eagle3 {EAGLE3_DRAFT_VOCAB})")
+                        f"eagle3 and early-exit {EAGLE3_DRAFT_VOCAB})")
     p.add_argument("--noise", type=float, default=DEFAULTS["noise"],
                    help="eagle: width of the uniform noise on input features (default 0.2; eagle3 0)")
     p.add_argument("--token-weight", type=float, default=DEFAULTS["token_weight"],
@@ -57,7 +58,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="eagle, eagle3: positions whose targets are trained: answers only, or prompts too (their "
                         "features are computed anyway; the targets stay the backbone's own distribution)")
     p.add_argument("--eval-depth", type=int, default=DEFAULTS["eval_depth"],
-                   help="eagle: tokens drafted ahead in evaluation")
+                   help="eagle: tokens drafted ahead in evaluation (early-exit: of its chain tau estimate)")
+    p.add_argument("--exit-layer", type=int, default=DEFAULTS["exit_layer"],
+                   help="early-exit: the adapter reads the output of the backbone's first N layers")
     p.add_argument("--rollout-steps", type=int, default=DEFAULTS["rollout_steps"],
                    help="eagle, eagle3: also train on drafting 2..N tokens ahead from the draft's own features "
                         "(EAGLE-3's "
@@ -69,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--max-positions", type=int, default=DEFAULTS["max_positions"],
                    help="train on the first N answer positions")
     p.add_argument("--micro-batch", type=int, default=DEFAULTS["micro_batch"],
-                   help="per process per forward: positions (medusa, default 256) or conversations (eagle, default 4)")
+                   help="per process per forward: positions (medusa, default 256) or conversations (eagle, early-exit: "
+                        "default 4)")
     p.add_argument("--grad-accum", type=int, default=DEFAULTS["grad_accum"])
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="default: 1e-3 (medusa), 3e-4 (eagle)")
     p.add_argument("--warmup", type=int, default=DEFAULTS["warmup"], help="warm-up optimizer steps")

@@ -7,6 +7,7 @@ from typing import Callable
 
 from specdec.drafters.base import DecodeState, Drafter, NoDrafter
 from specdec.drafters.eagle import EagleDrafter, eagle2, eagle3
+from specdec.drafters.early_exit import EarlyExitDrafter, early_exit_adapter
 from specdec.drafters.lookahead import LookaheadConfig, LookaheadDrafter
 from specdec.drafters.medusa import MedusaDrafter, medusa_trigram
 from specdec.drafters.ngram import NgramConfig, NgramDrafter
@@ -14,9 +15,10 @@ from specdec.model import Transformer
 
 DRAFTERS = {"vanilla": NoDrafter, "ngram": NgramDrafter, "lookahead": LookaheadDrafter,
             "medusa": MedusaDrafter, "medusa-trigram": medusa_trigram, "eagle": EagleDrafter, "eagle2": eagle2,
-            "eagle3": eagle3}
+            "eagle3": eagle3, "early-exit": EarlyExitDrafter, "early-exit-adapter": early_exit_adapter}
 LOOKUP_SUFFIX = "+lookup"  # "eagle2+lookup": the drafter with a prompt-lookup branch (specdec.drafters.lookup)
-WEIGHT_PARAMS = ("heads", "draft")  # the factories' name for trained weights: Medusa heads, an EAGLE draft
+WEIGHT_PARAMS = ("heads", "draft", "adapter")  # the factories' name for trained weights: Medusa heads, an EAGLE draft,
+# an early-exit adapter
 
 
 def drafter_factory(name: str) -> Callable[..., Drafter]:
@@ -67,6 +69,7 @@ def make_drafter(name: str, model: Transformer | None = None, **options) -> Draf
     return factory(**options)
 
 
-__all__ = ["DRAFTERS", "DecodeState", "Drafter", "EagleDrafter", "eagle2", "eagle3", "MedusaDrafter", "LookaheadConfig",
+__all__ = ["DRAFTERS", "DecodeState", "Drafter", "EagleDrafter", "EarlyExitDrafter", "eagle2", "eagle3",
+           "early_exit_adapter", "MedusaDrafter", "LookaheadConfig",
            "LookaheadDrafter", "NgramConfig", "NgramDrafter", "NoDrafter", "drafter_factory", "drafter_names",
            "drafter_options", "make_drafter"]

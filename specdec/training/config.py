@@ -10,9 +10,10 @@ import torch
 
 from specdec.training.data import LABELS
 
-HEADS = ("medusa", "eagle", "eagle3")
+HEADS = ("medusa", "eagle", "eagle3", "early-exit")
 EVAL_RANKS = 10  # evaluations report accuracy per rank for the first EVAL_RANKS drafts (sparse trees use it)
 EAGLE3_DRAFT_VOCAB = 8192  # of SmolLM2's 49,152 tokens; vLLM's own EAGLE-3 test draft for it uses the same size
+EXIT_LAYER = 6  # early-exit: the adapter follows the backbone's first 6 layers by default (the shipped one)
 
 
 @dataclass
@@ -31,18 +32,19 @@ class TrainConfig:
     trigram: str = "none"  # 'none', 'all' or head indices like '0,1'
     trigram_tokens: str = "context"
     own_lm_head: bool = False
-    draft_vocab: int | None = None  # 0: the whole vocabulary (default 0; eagle3 EAGLE3_DRAFT_VOCAB)
+    draft_vocab: int | None = None  # 0: the whole vocabulary (default 0; eagle3, early-exit EAGLE3_DRAFT_VOCAB)
     noise: float | None = None  # eagle: uniform noise on input features (default 0.2; eagle3 0)
     token_weight: float = 0.1  # eagle: weight of the token loss (feature loss: 1)
     train_on: str = "answer"  # eagle, eagle3: 'answer' positions only, or 'all'
-    eval_depth: int = 5  # eagle, eagle3: tokens drafted ahead in evaluation
+    eval_depth: int = 5  # eagle, eagle3: tokens drafted ahead in evaluation (early-exit: of its chain tau estimate)
+    exit_layer: int = EXIT_LAYER  # early-exit: the adapter reads the output of the backbone's first exit_layer layers
     rollout_steps: int | None = None  # eagle, eagle3: training-time test steps (default 1; eagle3 7)
     init: str | None = None  # start from these saved weights (or a shipped name)
     epochs: float = 1.0
     max_positions: int | None = None
-    micro_batch: int | None = None  # positions (medusa, default 256) or conversations (eagle, default 4)
+    micro_batch: int | None = None  # positions (medusa, default 256) or conversations (eagle, early-exit: 4)
     grad_accum: int = 1
-    lr: float | None = None  # default 1e-3 (medusa), 3e-4 (eagle, eagle3)
+    lr: float | None = None  # default 1e-3 (medusa), 3e-4 (eagle, eagle3, early-exit)
     warmup: int = 20
     weight_decay: float = 0.0
     loss_decay: float = 0.8  # head i's (eagle3: step i's) loss weight is loss_decay**i
@@ -69,19 +71,21 @@ class TrainConfig:
         self.out = Path(self.out)
         self.eval_data = None if self.eval_data is None else Path(self.eval_data)
         eagle, eagle3 = self.head in ("eagle", "eagle3"), self.head == "eagle3"
+        sequences = eagle or self.head == "early-exit"  # whole conversations per item, not positions
         self.rollout_steps = self.rollout_steps or (7 if eagle3 else 1)
         self.noise = (0.0 if eagle3 else 0.2) if self.noise is None else self.noise
-        self.draft_vocab = (EAGLE3_DRAFT_VOCAB if eagle3 else 0) if self.draft_vocab is None else self.draft_vocab
+        if self.draft_vocab is None:
+            self.draft_vocab = EAGLE3_DRAFT_VOCAB if eagle3 or self.head == "early-exit" else 0
         if self.rollout_steps < 1 or (self.rollout_steps > 1 and not eagle):
             raise ValueError("rollout_steps (--rollout-steps) must be at least 1, and above 1 only for eagle or eagle3")
         if eagle3 and self.draft_vocab < 1:
             raise ValueError("eagle3 scores a draft vocabulary: draft_vocab (--draft-vocab) must be at least 1")
-        self.micro_batch = self.micro_batch or (4 if eagle else 256)
-        self.lr = self.lr or (3e-4 if eagle else 1e-3)
+        self.micro_batch = self.micro_batch or (4 if sequences else 256)
+        self.lr = self.lr or (3e-4 if sequences else 1e-3)
 
     @property
     def weights_dir(self) -> Path:
-        """Where the trained weights land: out/heads (Medusa) or out/<head> (EAGLE, EAGLE-3)."""
+        """Where the trained weights land: out/heads (Medusa) or out/<head> (EAGLE, EAGLE-3, early-exit)."""
         return self.out / ("heads" if self.head == "medusa" else self.head)
 
 

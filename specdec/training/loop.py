@@ -18,6 +18,7 @@ from tqdm import tqdm
 from specdec.backbone import backbone_dir, load_transformer, resolve_dtype
 from specdec.training.config import TrainConfig
 from specdec.training.eagle import eagle_task
+from specdec.training.early_exit import exit_task
 from specdec.training.medusa import medusa_task
 
 TIMING_START, TIMING_STEPS = 3, 10  # a time budget times the steps after the first few
@@ -81,7 +82,7 @@ def train(config: TrainConfig) -> dict:
 
     model = load_transformer(backbone_dir(config.backbone), resolve_dtype(config.dtype, device), device,
                              config.quantize).requires_grad_(False)
-    task = (medusa_task if config.head == "medusa" else eagle_task)(config, model, device)
+    task = {"medusa": medusa_task, "early-exit": exit_task}.get(config.head, eagle_task)(config, model, device)
     has_eval = config.eval_data is not None
     trainable = torch.nn.parallel.DistributedDataParallel(task.module) if world > 1 else task.module
     per_step = config.micro_batch * config.grad_accum * world
