@@ -9,6 +9,8 @@ for every attended slot, a GPU does not.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -57,12 +59,10 @@ class VerifyStep:
                 torch._dynamo.mark_static_address(t)  # graphs read and write them in place at fixed addresses
             self.fn = torch.compile(self.fn, mode="reduce-overhead", fullgraph=True, dynamic=False)
         elif self.mode == "compile":
-            options = None
+            self.fn = torch.compile(self.fn, fullgraph=True, dynamic=False, backend=backend or "inductor")
             if device.type == "cpu" and backend is None:
                 unpack_linears(model)
-                options = {"freezing": True}  # weights become constants that inductor packs for oneDNN itself
-            self.fn = torch.compile(self.fn, fullgraph=True, dynamic=False, backend=backend or "inductor",
-                                    options=options)
+                self.fn = frozen(self.fn)
 
     @torch.inference_mode()  # as decoding runs: a graph compiled under another grad mode would not be reused
     def warm_up(self) -> None:
@@ -107,6 +107,19 @@ class VerifyStep:
         if self.mode == "graphs":  # a graph's outputs live in its pool: the next replay overwrites them
             return ForwardOut(logits[:k].clone(), hidden[:k].clone(), {i: h[:k].clone() for i, h in layers.items()})
         return ForwardOut(logits[:k], hidden[:k], {i: h[:k] for i, h in layers.items()})
+
+
+def frozen(compiled: Callable) -> Callable:
+    """`compiled` run under inductor's freezing: the weights become constants that inductor packs for oneDNN
+    itself (the step's main CPU gain; results/runner/README.md). Patched around each call, not passed as
+    torch.compile's options, so that a graph compiled late (a new hidden_layers tuple) is frozen too; with
+    options={"freezing": True} the linears stayed plain matmuls."""
+
+    def run(*args):
+        with torch._inductor.config.patch(freezing=True):
+            return compiled(*args)
+
+    return run
 
 
 def default_step(model: Transformer) -> VerifyStep:

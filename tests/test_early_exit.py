@@ -3,13 +3,14 @@ decoding is plain greedy (every family, skip patterns, the adapter, prompt looku
 sampling keeps plain sampling's distribution, and the adapter trains, saves and loads."""
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FAMILIES, VOCAB
+from conftest import FAMILIES, SCRIPTS, VOCAB, run_script
 from specdec.backbone import load_transformer
 from specdec.batch import decode_batch
 from specdec.decode import decode
@@ -250,3 +251,19 @@ def test_real_model_greedy_is_plain_greedy():
         out = decode(model, prompt, drafter, REAL_TOKENS, smol.stop_ids)
         assert out.tokens == plain, drafter.name
         assert max(out.stats.accepted) > 1, drafter.name
+
+
+@pytest.mark.real
+def test_sweep_exit_quick(tmp_path):
+    """scripts/sweep_exit.py --quick on the real SmolLM2 (fp32): every exit measured, lossless, the best marked."""
+    proc = run_script(SCRIPTS / "sweep_exit.py", "--quick", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "sweep_exit.json").read_text())
+    rows = data["rows"]
+    assert [(r["variant"], r["exit_layer"]) for r in rows] == [("training-free", 2), ("training-free", 24),
+                                                               ("adapter", 6)]
+    for r in rows:
+        assert 0 <= r["acceptance"] <= 1 and r["draft_x"] > 0 and r["tau"] >= 1 and r["identical"]
+    assert [r["best"] for r in rows].count(True) == 2 and data["best"]["adapter"]["exit_layer"] == 6
+    md = (tmp_path / "sweep_exit.md").read_text()
+    assert md.count("**best**") == 2 and "MT-Bench detail" in md and (tmp_path / "sweep_exit.png").is_file()

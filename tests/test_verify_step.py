@@ -162,6 +162,22 @@ def test_every_drafter_is_lossless_through_the_inductor_step(tiny_models, induct
         assert decode(model, PROMPTS[p], drafter, max_new_tokens=N, step=step).tokens == ref[:N]
 
 
+def test_int8_backbone_compiles_on_the_same_path(tiny_models):
+    """Weight-only int8 linears stay int8 under the compiled step (no unpacking) and decode as they do eagerly."""
+    from specdec.backbone import load_transformer
+    from specdec.quantize import WeightOnlyInt8Linear
+
+    torch._dynamo.reset()
+    eager, model = (load_transformer(tiny_models["qwen2"].path, quantize="int8") for _ in range(2))
+    for m in (eager, model):
+        m.setup_cache(CONTEXT)
+    step = VerifyStep(model, "compile", max_nodes=2)
+    assert sum(isinstance(m, WeightOnlyInt8Linear) for m in model.modules()) == 3 * 4 + 1
+    ref = decode(eager, PROMPTS[1], None, N).tokens
+    drafter = OracleTreeDrafter(PROMPTS[1] + ref, seed=1, max_nodes=2, p_true=0.8, chain_bias=0.5)
+    assert decode(model, PROMPTS[1], drafter, N, step=step).tokens == ref
+
+
 def test_cpu_default_is_eager_and_modes_are_checked(tiny_models):
     model = tiny_models["llama"].load()
     kv = model.kv
