@@ -110,13 +110,14 @@ class VerifyStep:
 
 
 def frozen(compiled: Callable) -> Callable:
-    """`compiled` run under inductor's freezing: the weights become constants that inductor packs for oneDNN
-    itself (the step's main CPU gain; results/runner/README.md). Patched around each call, not passed as
-    torch.compile's options, so that a graph compiled late (a new hidden_layers tuple) is frozen too; with
-    options={"freezing": True} the linears stayed plain matmuls."""
+    """`compiled` run under inductor's freezing, which makes the weights constants that inductor packs for oneDNN
+    itself (the step's main CPU gain), and with its C++ wrapper, which calls the kernels without a Python frame each
+    (results/runner/README.md). Patched around each call, not passed as torch.compile's options, so that a graph
+    compiled late (a new hidden_layers tuple) is built the same way; with options={"freezing": True} the linears
+    stayed plain matmuls."""
 
     def run(*args):
-        with torch._inductor.config.patch(freezing=True):
+        with torch._inductor.config.patch(freezing=True, cpp_wrapper=True):
             return compiled(*args)
 
     return run

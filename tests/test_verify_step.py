@@ -162,6 +162,31 @@ def test_every_drafter_is_lossless_through_the_inductor_step(tiny_models, induct
         assert decode(model, PROMPTS[p], drafter, max_new_tokens=N, step=step).tokens == ref[:N]
 
 
+def test_two_models_of_one_shape_keep_their_own_frozen_weights():
+    """Freezing bakes weights into the graph: a second model of the same shape (same compiled code) must get a graph
+    of its own, not the first one's constants."""
+    from specdec.model import ModelArgs, Transformer
+
+    args = ModelArgs(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, intermediate_size=64,
+                     norm_eps=1e-5)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model, eager = Transformer(args), Transformer(args)
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        eager.load_state_dict(model.state_dict())
+        for m in (model, eager):
+            m.setup_cache(32)
+        step = VerifyStep(model, "compile", max_nodes=1)
+        with torch.inference_mode():
+            for m in (model, eager):
+                m.reset()
+                m.forward(torch.tensor([1, 2, 3]))
+                m.commit(None, 3)
+            torch.testing.assert_close(step(torch.tensor([4])).logits, eager.forward(torch.tensor([4])).logits,
+                                       rtol=1e-4, atol=1e-4)
+
+
 def test_int8_backbone_compiles_on_the_same_path(tiny_models):
     """Weight-only int8 linears stay int8 under the compiled step (no unpacking) and decode as they do eagerly."""
     from specdec.backbone import load_transformer
