@@ -93,9 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     config.update(flags=vars(args), eval_data=str(args.eval_data), eval_positions=rows["off"]["heldout"]["positions"])
     payload = {"config": config, "rows": rows, "methods": methods}
     table = markdown_table(rows, config)
-    paths = ac.write_outputs(args.out, STEM, payload, table, methods, lambda path: plot(rows, path))
-    print(table)
-    print("wrote " + ", ".join(map(str, paths)))
+    ac.write_outputs(args.out, STEM, payload, table, methods, lambda path: plot(rows, path))
     return payload
 
 

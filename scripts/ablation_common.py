@@ -165,7 +165,7 @@ def first_heads(heads: MedusaHeads, k: int) -> MedusaHeads:
 
 def write_outputs(out: str | Path, stem: str, payload: dict, table: str, methods: dict, plot) -> list[Path]:
     """STEM.json (payload), STEM.md (the ablation table, then mtbench's per-method/per-category table) and STEM.png
-    (plot(path)) into out."""
+    (plot(path)) into out; prints the table and the paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"]
@@ -173,6 +173,8 @@ def write_outputs(out: str | Path, stem: str, payload: dict, table: str, methods
     paths[1].write_text(table + "\nMT-Bench detail (speedup vs transformers `generate`, same run):\n\n"
                         + markdown(methods))
     plot(paths[2])
+    print(table)
+    print("wrote " + ", ".join(map(str, paths)))
     return paths
 
 

@@ -137,10 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
                                           for v, b in best.items()},
                "rows": rows, "methods": methods}
     table = markdown_table(rows, methods, config)
-    paths = ac.write_outputs(args.out, STEM, payload, table, methods,
-                             lambda path: plot(rows, methods["vanilla"]["speedup"], path))
-    print(table)
-    print("wrote " + ", ".join(map(str, paths)))
+    ac.write_outputs(args.out, STEM, payload, table, methods,
+                     lambda path: plot(rows, methods["vanilla"]["speedup"], path))
     return payload
 
 

@@ -128,9 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
                   eval_positions=acc["positions"])
     payload = {"config": config, "heldout": acc, "rows": rows, "methods": methods}
     table = markdown_table(acc, rows, config)
-    paths = ac.write_outputs(args.out, STEM, payload, table, methods, lambda path: plot(acc, rows, path))
-    print(table)
-    print("wrote " + ", ".join(map(str, paths)))
+    ac.write_outputs(args.out, STEM, payload, table, methods, lambda path: plot(acc, rows, path))
     return payload
 
 

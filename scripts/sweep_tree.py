@@ -148,10 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {"config": config, "best": {k: best[k] for k in ("nodes", "depth", "choices", "speedup", "tau")},
                "trees": trees, "methods": methods}
     table = markdown_table(trees, methods, config)
-    paths = ac.write_outputs(args.out, STEM, payload, table, methods,
-                             lambda path: plot(trees, methods["vanilla"]["speedup"], path))
-    print(table)
-    print("wrote " + ", ".join(map(str, paths)))
+    ac.write_outputs(args.out, STEM, payload, table, methods,
+                     lambda path: plot(trees, methods["vanilla"]["speedup"], path))
     return payload
 
 

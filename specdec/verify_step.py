@@ -19,6 +19,7 @@ from specdec.packed import unpack_linears
 
 MODES = ("eager", "static", "compile", "graphs")
 DEFAULT_MODE = {"cpu": "eager", "cuda": "graphs"}
+GRAPHS_PER_BUCKET = 8  # distinct hidden_layers tuples a step may be asked for (drafters ask for 0-4 layers)
 SPAN_QUANTUM = 64  # attended slots are rounded up to a multiple of this (never 0 or 1: sizes a compiler specialises)
 
 
@@ -54,6 +55,7 @@ class VerifyStep:
             model.setup_cache(model.max_seq_len, spare=spare)
         self.start = torch.zeros((), dtype=torch.long, device=device)
         self.fn = model.static_forward
+        inductor = {}
         if self.mode == "graphs":
             for t in (model.kv, model.rope_cos, model.rope_sin):
                 torch._dynamo.mark_static_address(t)  # graphs read and write them in place at fixed addresses
@@ -62,7 +64,12 @@ class VerifyStep:
             self.fn = torch.compile(self.fn, fullgraph=True, dynamic=False, backend=backend or "inductor")
             if device.type == "cpu" and backend is None:
                 unpack_linears(model)
-                self.fn = frozen(self.fn)
+                # freezing makes the weights constants that inductor packs for oneDNN itself (the step's main CPU
+                # gain); the C++ wrapper calls the kernels without a Python frame each (results/runner/README.md).
+                # With options={"freezing": True} passed to torch.compile the linears stayed plain matmuls.
+                inductor = {"freezing": True, "cpp_wrapper": True}
+        if self.mode != "static":  # one graph per (bucket, hidden_layers): more than dynamo's default limit of 8
+            self.fn = with_config(self.fn, inductor, {"recompile_limit": len(self.buckets) * GRAPHS_PER_BUCKET})
 
     @torch.inference_mode()  # as decoding runs: a graph compiled under another grad mode would not be reused
     def warm_up(self) -> None:
@@ -109,16 +116,14 @@ class VerifyStep:
         return ForwardOut(logits[:k], hidden[:k], {i: h[:k] for i, h in layers.items()})
 
 
-def frozen(compiled: Callable) -> Callable:
-    """`compiled` run under inductor's freezing, which makes the weights constants that inductor packs for oneDNN
-    itself (the step's main CPU gain), and with its C++ wrapper, which calls the kernels without a Python frame each
-    (results/runner/README.md). Patched around each call, not passed as torch.compile's options, so that a graph
-    compiled late (a new hidden_layers tuple) is built the same way; with options={"freezing": True} the linears
-    stayed plain matmuls."""
+def with_config(fn: Callable, inductor: dict, dynamo: dict) -> Callable:
+    """fn run under these inductor and dynamo settings. Patched around each call rather than set once, so that a
+    graph compiled late (a new hidden_layers tuple) is built the same way and nothing leaks to the caller's own
+    compiled code."""
 
     def run(*args):
-        with torch._inductor.config.patch(freezing=True, cpp_wrapper=True):
-            return compiled(*args)
+        with torch._inductor.config.patch(inductor), torch._dynamo.config.patch(dynamo):
+            return fn(*args)
 
     return run
 

@@ -162,6 +162,18 @@ def test_every_drafter_is_lossless_through_the_inductor_step(tiny_models, induct
         assert decode(model, PROMPTS[p], drafter, max_new_tokens=N, step=step).tokens == ref[:N]
 
 
+def test_more_graphs_than_dynamos_default_limit(tiny_models):
+    """Every bucket under several hidden_layers tuples (12 graphs; dynamo allows 8 per function by default), as an
+    MT-Bench run with EAGLE and early-exit drafters on one step asks for."""
+    torch._dynamo.reset()
+    model = tiny_models["llama"].load()
+    step = VerifyStep(model, "compile", max_nodes=8, backend="eager")
+    with torch.inference_mode():
+        for layers in ((), (0,), (1,)):
+            for size in step.buckets:
+                step(torch.arange(size) + 3, hidden_layers=layers)
+
+
 def test_two_models_of_one_shape_keep_their_own_frozen_weights():
     """Freezing bakes weights into the graph: a second model of the same shape (same compiled code) must get a graph
     of its own, not the first one's constants."""
