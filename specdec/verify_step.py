@@ -19,7 +19,9 @@ from specdec.packed import unpack_linears
 
 MODES = ("eager", "static", "compile", "graphs")
 DEFAULT_MODE = {"cpu": "eager", "cuda": "graphs"}
-GRAPHS_PER_BUCKET = 8  # distinct hidden_layers tuples a step may be asked for (drafters ask for 0-4 layers)
+# graphs of one compiled function, shared by every step in the process (each model's, each bucket's, each
+# hidden_layers tuple's): far above dynamo's default of 8; the tests count that none is made after warm-up
+RECOMPILE_LIMIT = 512
 SPAN_QUANTUM = 64  # attended slots are rounded up to a multiple of this (never 0 or 1: sizes a compiler specialises)
 
 
@@ -48,6 +50,7 @@ class VerifyStep:
             raise ValueError("verify mode 'graphs' captures CUDA graphs: it needs the model on a CUDA device")
         self.model = model
         self.buckets = buckets_up_to(max_nodes)
+        self.warmed: set[tuple[int, ...]] = set()  # hidden_layers tuples whose buckets are all compiled
         if self.mode == "eager":
             return
         spare = self.buckets[-1] + SPAN_QUANTUM  # the last step's padding nodes, and its span rounded up
@@ -68,25 +71,30 @@ class VerifyStep:
                 # gain); the C++ wrapper calls the kernels without a Python frame each (results/runner/README.md).
                 # With options={"freezing": True} passed to torch.compile the linears stayed plain matmuls.
                 inductor = {"freezing": True, "cpp_wrapper": True}
-        if self.mode != "static":  # one graph per (bucket, hidden_layers): more than dynamo's default limit of 8
-            self.fn = with_config(self.fn, inductor, {"recompile_limit": len(self.buckets) * GRAPHS_PER_BUCKET})
+        if self.mode != "static":
+            self.fn = with_config(self.fn, inductor, {"recompile_limit": RECOMPILE_LIMIT,
+                                                      "accumulated_recompile_limit": RECOMPILE_LIMIT})
 
     @torch.inference_mode()  # as decoding runs: a graph compiled under another grad mode would not be reused
-    def warm_up(self) -> None:
-        """Compile (and capture) every bucket now, so that no first use lands inside a timed turn; the committed
-        cache is untouched (a step only writes K/V past the committed length)."""
-        if self.mode == "eager":
+    def warm_up(self, hidden_layers: tuple[int, ...] = ()) -> None:
+        """Compile (and capture) every bucket for this hidden_layers tuple now, so that no first use lands inside a
+        timed turn; the committed cache is untouched (a step only writes K/V past the committed length). A call
+        asking for a tuple not warmed yet warms it first: a drafter's first step compiles all its graphs."""
+        self.warmed.add(tuple(hidden_layers))
+        if self.mode in ("eager", "static"):
             return
         device = self.model.tok_embeddings.weight.device
         for size in self.buckets:
             if self.model.length + size <= self.model.max_seq_len:
-                self(torch.zeros(size, dtype=torch.long, device=device))
+                self(torch.zeros(size, dtype=torch.long, device=device), hidden_layers=hidden_layers)
 
     def __call__(self, tokens: Tensor, positions: Tensor | None = None, tree_mask: Tensor | None = None,
                  hidden_layers: tuple[int, ...] = ()) -> ForwardOut:
         """Same contract as `Transformer.forward` (logits for every node); tree_mask None is a chain."""
         k = tokens.shape[0]
         model = self.model
+        if tuple(hidden_layers) not in self.warmed:
+            self.warm_up(hidden_layers)
         if self.mode == "eager" or k > self.buckets[-1]:
             return model.forward(tokens, positions=positions, tree_mask=tree_mask, hidden_layers=hidden_layers)
         length = model.length
