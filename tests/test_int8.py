@@ -197,3 +197,22 @@ def test_train_heads_over_an_int8_backbone(tiny_models, tmp_path):
     drafter = MedusaDrafter(model, str(tmp_path / "run" / "heads"), tree=6, min_confidence=0.0)
     assert (decode(model, PROMPTS[0], drafter, max_new_tokens=16).tokens
             == decode(model, PROMPTS[0], max_new_tokens=16).tokens)
+
+
+@pytest.mark.real
+def test_shipped_weights_fit_the_int8_backbone_they_were_trained_on():
+    """An int8 SmolLM2 is still SmolLM2: every shipped draft loads over it (its lm_head probe moves by up to half a
+    quantisation step), while a float backbone with other weights is still refused."""
+    from specdec.backbone import load_backbone
+    from specdec.checkpoint import SHIPPED, shipped_heads
+
+    model = load_backbone(dtype="bf16", max_seq_len=64, quantize="int8").model
+    kinds = sorted(p.name for p in SHIPPED.glob("smollm2-135m-instruct/*"))
+    assert {"eagle", "eagle3", "early-exit", "medusa"} <= set(kinds)
+    for kind in kinds:
+        assert shipped_heads(model, kind).name == kind
+    other = load_backbone(dtype="bf16", max_seq_len=64).model
+    with torch.no_grad():
+        other.output.weight.mul_(1.1)
+    with pytest.raises(FileNotFoundError, match="no shipped"):
+        shipped_heads(other, "eagle")
