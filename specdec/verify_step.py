@@ -68,7 +68,7 @@ class VerifyStep:
             if device.type == "cpu" and backend is None:
                 unpack_linears(model)
                 # freezing makes the weights constants that inductor packs for oneDNN itself (the step's main CPU
-                # gain); the C++ wrapper calls the kernels without a Python frame each (results/runner/README.md).
+                # gain); the C++ wrapper calls the kernels without a Python frame each (results/README.md, runner).
                 # With options={"freezing": True} passed to torch.compile the linears stayed plain matmuls.
                 inductor = {"freezing": True, "cpp_wrapper": True}
         if self.mode != "static":
