@@ -29,7 +29,9 @@ def test_weights_is_the_one_keyword_for_trained_weights(model):
     for name in drafter_names():
         options = drafter_options(name)
         assert not options & {"heads", "draft"}, name
-        trained = name.removesuffix("+lookup") in ("medusa", "medusa-trigram", "eagle", "eagle2", "eagle3")
+        # early-exit drafts training-free unless given an adapter as weights
+        trained = name.removesuffix("+lookup") in ("medusa", "medusa-trigram", "eagle", "eagle2", "eagle3",
+                                                   "early-exit", "early-exit-adapter")
         assert ("weights" in options) == trained, name
     drafter = make_drafter("eagle2", model, weights=random_draft(model), depth=2, top_k=2)
     assert (drafter.depth, drafter.top_k) == (2, 2)
