@@ -237,6 +237,15 @@ class Transformer(nn.Module):
         self.length = 0
         self.max_seq_len = 0
 
+    def appended(self, start: int, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Rope rows (cos, sin) and attention mask [n, start + n] of n tokens appended causally after start cached
+        ones: what a draft module needs to write the K/V of newly committed tokens into its own cache."""
+        device = self.rope_cos.device
+        positions = torch.arange(start, start + n, device=device)
+        mask = torch.ones(n, start + n, dtype=torch.bool, device=device)
+        mask[:, start:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        return self.rope_cos[positions], self.rope_sin[positions], mask
+
     def setup_cache(self, max_seq_len: int, spare: int = 0) -> None:
         """Allocate the static KV cache [layers, 2, kv_heads, max_seq_len + spare, head_dim] and rope tables;
         `spare` slots past the context take a padded static step's padding nodes."""

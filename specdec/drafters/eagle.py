@@ -118,13 +118,10 @@ class EagleDrafter(Drafter):
 
     def _commit(self, features: Tensor, next_tokens: list[int]) -> None:
         """Pairs (f_j, x_{j+1}) of verified positions into the draft cache; keep the last prediction."""
-        n, start, device = len(next_tokens), self.length, features.device
-        positions = torch.arange(start, start + n, device=device)
-        mask = torch.ones(n, start + n, dtype=torch.bool, device=device)
-        mask[:, start:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
-        out = self.draft(features.to(self.kv.dtype), torch.tensor(next_tokens, device=device), self.embed,
-                         self.model.rope_cos[positions], self.model.rope_sin[positions], self.kv, start, mask)
-        self.length += n
+        cos, sin, mask = self.model.appended(self.length, len(next_tokens))
+        out = self.draft(features.to(self.kv.dtype), torch.tensor(next_tokens, device=features.device), self.embed,
+                         cos, sin, self.kv, self.length, mask)
+        self.length += len(next_tokens)
         self.last = out[-1:]
 
     def _expand(self, feats: Tensor, tokens: Tensor, parent_slots: Tensor, written: int, depth: int, kv: Tensor,

@@ -121,12 +121,9 @@ class EarlyExitDrafter(Drafter):
 
     def _commit(self, h: Tensor) -> None:
         """The adapter's K/V of newly committed tokens (h: the last drafting layer's output at each)."""
-        n, start, device = h.shape[0], self.length, h.device
-        positions = torch.arange(start, start + n, device=device)
-        mask = torch.ones(n, start + n, dtype=torch.bool, device=device)
-        mask[:, start:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
-        self.adapter(h, self.model.rope_cos[positions], self.model.rope_sin[positions], self.kv, start, mask)
-        self.length += n
+        cos, sin, mask = self.model.appended(self.length, h.shape[0])
+        self.adapter(h, cos, sin, self.kv, self.length, mask)
+        self.length += h.shape[0]
 
     # ---------------------------------------------------------------- drafting
 
